@@ -1,0 +1,15 @@
+"""pocketnas: search, build, distil, compress and evaluate extremely compact face recognition networks.
+
+    import pocketnas
+    model = pocketnas.create_model("pocketnet_s_128")                 # a PocketNetS-128 (random weights)
+    model = pocketnas.create_model("pocketnet_s_128", pretrained="backbone.pth")  # an original release file
+    pocketnas.save(model, "model.pt"); model = pocketnas.load("model.pt")          # self-describing checkpoints
+"""
+from .models.checkpoint import CheckpointError, load, save
+from .nas.genotype import Genotype, GenotypeError, get_genotype
+from .registry import create_model, list_models, model_cfg
+
+__version__ = "0.1.0"
+
+__all__ = ["create_model", "list_models", "model_cfg", "load", "save", "Genotype", "GenotypeError",
+           "get_genotype", "CheckpointError", "__version__"]

@@ -1,0 +1,84 @@
+"""Image folders ``root/<identity>/<image>`` as a face dataset (for people with loose files)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .transforms import check_norm, normalize, pil_to_chw_uint8
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
+
+
+def scan_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """Sorted identity names and (path, label) for every image below ``root/<identity>/``."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: no such image folder")
+    identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    samples: List[Tuple[str, int]] = []
+    for label, name in enumerate(identities):
+        folder = os.path.join(root, name)
+        for f in sorted(os.listdir(folder)):
+            if f.lower().endswith(IMAGE_EXTENSIONS):
+                samples.append((os.path.join(folder, f), label))
+    if not samples:
+        raise ValueError(f"{root}: no images found in identity sub-folders (expected root/<identity>/<image>)")
+    return identities, samples
+
+
+def load_image(path: str, size: Optional[int] = 112) -> np.ndarray:
+    """Decode one image to 3 x S x S uint8 RGB (resized with bilinear filtering when ``size`` differs)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return pil_to_chw_uint8(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: cannot decode image ({e})") from None
+
+
+class FolderDataset(Dataset):
+    """``root/<identity>/<image>`` -> (float tensor 3 x S x S normalised, int label); identities sorted by name.
+
+    ``train=True`` enables the training transform (random horizontal flip).
+    """
+
+    def __init__(self, root: str, train: bool = True, size: Optional[int] = 112, norm: str = "arcface"):
+        self.root = root
+        self.train = train
+        self.size = size
+        self.norm = check_norm(norm)
+        self.identities, self.samples = scan_folder(root)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.identities)
+
+    @property
+    def labels(self) -> List[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read_uint8(self, index: int) -> np.ndarray:
+        return load_image(self.samples[index][0], self.size)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image = torch.from_numpy(self.read_uint8(index))
+        if self.train and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return normalize(image, self.norm), self.samples[index][1]
+
+    def batch_uint8(self, indices) -> torch.Tensor:
+        """Stack decoded images (no flip, not normalised) as an N x 3 x S x S uint8 tensor."""
+        return torch.from_numpy(np.stack([self.read_uint8(i) for i in indices]))

@@ -1,0 +1,1 @@
+"""Evaluation: verification protocols and the cost of a network."""

@@ -1,0 +1,1 @@
+"""Final (discrete) networks: PocketNets built from genotypes, and the teachers (iResNet, MobileFaceNet)."""

@@ -1,0 +1,278 @@
+"""Self-describing checkpoints, and loading of plain (original release) state dicts.
+
+A pocketnas checkpoint is a dict of plain values and tensors (so ``torch.load(..., weights_only=True)`` reads it):
+
+    format, format_version, pocketnas_version, arch, kwargs (constructor overrides, JSON-able), genotype,
+    embedding_size, input_size, input_norm, weights_sha256, state_dict, meta
+
+``pocketnas.load(path)`` rebuilds the model from that alone. An original release ``backbone.pth`` is a bare state
+dict; it loads into a named architecture (``create_model(name, pretrained=path)``) after a key-and-shape check that
+names the missing/unexpected keys or the first shape mismatch instead of PyTorch's long traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..nas.genotype import Genotype
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pocketnas.model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is damaged, or does not fit the requested architecture."""
+
+
+# ----------------------------------------------------------------------------- kwargs bookkeeping
+def jsonable_kwargs(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """Constructor overrides as plain values (a Genotype becomes its dict) so a checkpoint can record them."""
+
+    def conv(key: str, v: Any) -> Any:
+        if isinstance(v, Genotype):
+            return v.to_dict()
+        if isinstance(v, (list, tuple)):
+            return [conv(key, e) for e in v]
+        if isinstance(v, dict):
+            return {str(k): conv(key, e) for k, e in v.items()}
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"model argument {key}={v!r} cannot be recorded in a checkpoint "
+                        f"(use plain values, lists, dicts or a Genotype)")
+
+    return {k: conv(k, v) for k, v in kwargs.items()}
+
+
+def builder_kwargs(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    return dict(kwargs)
+
+
+def describe(model: nn.Module) -> Dict[str, Any]:
+    """What a checkpoint records about ``model`` besides its weights."""
+    arch = getattr(model, "pocketnas_arch", None)
+    if arch is None:
+        raise CheckpointError("this model was not built by pocketnas.create_model, so it cannot describe itself; "
+                              "build it with create_model(name, ...)")
+    cfg = getattr(model, "pocketnas_cfg", None)
+    genotype = getattr(model, "genotype", None)
+    return {
+        "arch": arch,
+        "kwargs": dict(getattr(model, "pocketnas_kwargs", {})),
+        "genotype": genotype.to_dict() if isinstance(genotype, Genotype) else None,
+        "embedding_size": int(getattr(model, "embedding_size", cfg.embedding_size if cfg else 0)),
+        "input_size": int(getattr(model, "input_size", cfg.input_size if cfg else 112)),
+        "input_norm": getattr(model, "input_norm", cfg.input_norm if cfg else "arcface"),
+    }
+
+
+# ----------------------------------------------------------------------------- hashing and writing
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor in key order: independent of pickling details."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"state dict entry {key!r} is not a tensor ({type(t).__name__})")
+        t = t.detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Save ``model`` as a self-describing pocketnas checkpoint (atomically); returns the record written."""
+    from .. import __version__
+
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pocketnas_version": __version__,
+        **describe(model),
+        "weights_sha256": weights_sha256(state),
+        "state_dict": state,
+        "meta": dict(meta or {}),
+    }
+    atomic_torch_save(record, path)
+    return record
+
+
+def save_release_state_dict(model: nn.Module, path: str) -> None:
+    """Write a bare state dict in the original release's key layout (what its ``backbone.pth`` files are)."""
+    atomic_torch_save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, path)
+
+
+# ----------------------------------------------------------------------------- reading
+def _torch_load(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses arbitrary objects; a truncated zip fails here too
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]})") from None
+
+
+def is_pocketnas_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def _plain_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entry {bad[0]!r} is not a tensor; not a state dict")
+    if all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """Read and verify a pocketnas checkpoint record (sha256 of the weights included)."""
+    path = os.fspath(path)
+    obj = _torch_load(path)
+    if not is_pocketnas_checkpoint(obj):
+        raise CheckpointError(f"{path}: not a pocketnas checkpoint (no architecture recorded)")
+    if obj.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {obj['format_version']} is newer than this pocketnas "
+                              f"reads ({FORMAT_VERSION}); upgrade pocketnas")
+    for key in ("arch", "kwargs", "state_dict", "weights_sha256"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: pocketnas checkpoint lacks {key!r}")
+    state = _plain_state_dict(obj["state_dict"], path)
+    digest = weights_sha256(state)
+    if digest != obj["weights_sha256"]:
+        raise CheckpointError(f"{path}: weights sha256 {digest[:16]}... does not match the recorded "
+                              f"{str(obj['weights_sha256'])[:16]}...: the file is damaged")
+    obj["state_dict"] = state
+    return obj
+
+
+def read_weights(path: Any, expect_arch: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """State dict and recorded constructor kwargs from a pocketnas checkpoint or a bare state dict."""
+    path = os.fspath(path)
+    obj = _torch_load(path)
+    if is_pocketnas_checkpoint(obj):
+        record = read_checkpoint(path)
+        if record["arch"] != expect_arch:
+            logger.warning("%s holds a %s; loading its weights into %s", path, record["arch"], expect_arch)
+            return record["state_dict"], {}
+        return record["state_dict"], dict(record["kwargs"])
+    return _plain_state_dict(obj, path), {}
+
+
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """None when ``state`` fits ``model`` exactly, else a message naming missing/unexpected keys / shape mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts: List[str] = []
+
+    def listing(keys: List[str]) -> str:
+        shown = ", ".join(keys[:8])
+        return shown + (f", ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
+
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {listing(unexpected)}")
+    for k, v in own.items():
+        if k in state and tuple(state[k].shape) != tuple(v.shape):
+            parts.append(f"first shape mismatch at {k}: checkpoint {tuple(state[k].shape)}, "
+                         f"model {tuple(v.shape)}")
+            break
+    return "; ".join(parts) or None
+
+
+def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        arch = getattr(model, "pocketnas_arch", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit {arch}: {problem}")
+    model.load_state_dict(state, strict=True)
+
+
+def matching_architectures(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """Registered models whose default build has exactly these keys and shapes (built on the meta device)."""
+    from ..registry import create_model, list_models, model_cfg
+
+    found = []
+    for name in list_models():
+        if "generic" in model_cfg(name).tags:
+            continue
+        with torch.device("meta"):
+            try:
+                model = create_model(name)
+            except Exception:  # pragma: no cover - a builder that cannot run on meta
+                continue
+        if state_dict_mismatch(model, state) is None:
+            found.append(name)
+    return found
+
+
+def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
+    """Rebuild a model from a pocketnas checkpoint alone, or from a bare state dict given its ``arch``."""
+    from ..registry import create_model
+
+    path = os.fspath(path)
+    obj = _torch_load(path)
+    if is_pocketnas_checkpoint(obj):
+        record = read_checkpoint(path)
+        return create_model(arch or record["arch"], pretrained=path, **overrides).eval()
+    if arch is None:
+        state = _plain_state_dict(obj, path)
+        fits = matching_architectures(state)
+        hint = (f"its keys and shapes fit: {', '.join(fits)}" if fits
+                else "its keys and shapes fit no registered model with default settings")
+        raise CheckpointError(f"{path} is a bare state dict with no architecture recorded ({hint}); load it with "
+                              f"pocketnas.load(path, arch=NAME) or create_model(NAME, pretrained=path)")
+    return create_model(arch, pretrained=path, **overrides).eval()
+
+
+def registered_weights_path(name: str, cfg: Any) -> str:
+    """Local file of a variant's registered weights (package assets or $POCKETNAS_WEIGHTS), hash-checked."""
+    if not cfg.weights:
+        raise CheckpointError(f"no pretrained weights are registered for {name}; pass pretrained=PATH to a "
+                              f"pocketnas checkpoint or an original backbone.pth")
+    folders = [os.environ.get("POCKETNAS_WEIGHTS", ""), os.path.join(os.path.dirname(__file__), "..", "assets")]
+    for folder in folders:
+        candidate = os.path.join(folder, cfg.weights) if folder else ""
+        if candidate and os.path.isfile(candidate):
+            if cfg.sha256:
+                with open(candidate, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                if digest != cfg.sha256:
+                    raise CheckpointError(f"{candidate}: sha256 {digest} differs from the registered {cfg.sha256}")
+            return candidate
+    raise CheckpointError(f"weights file {cfg.weights} for {name} not found; put it in $POCKETNAS_WEIGHTS")

@@ -1,0 +1,43 @@
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "pocketnas", "__init__.py"), encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    LONG_DESCRIPTION = f.read()
+
+setup(
+    name="pocketnas",
+    version=VERSION,
+    description="Search, build, distil, compress and evaluate extremely compact face recognition networks "
+                "(PocketNet-style)",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["pocketnas", "pocketnas.*"]),
+    package_data={"pocketnas": ["assets/orl/*.txt", "assets/orl/*.ORL", "assets/orl/*.json",
+                                "assets/orl/s*/*.png", "search_spaces/*.yaml"]},
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "Pillow",
+        "matplotlib",
+    ],
+    extras_require={
+        "onnx": ["onnx", "onnxruntime"],
+        "dev": ["pytest", "onnx", "onnxruntime"],
+    },
+    entry_points={"console_scripts": ["pocketnas=pocketnas.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
