@@ -81,6 +81,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "pack":
+        from .data.pack import pack_folder
+
+        paths = pack_folder(args.folder, args.out_dir, size=args.size or None, quality=args.quality,
+                            workers=args.workers)
+        print("\n".join(f"wrote {p}" for p in paths.values()))
+    elif args.data_command == "pairs":
+        from .data.pack import pairs_from_folder
+
+        info = pairs_from_folder(args.folder, args.out, args.pairs, folds=args.folds, seed=args.seed,
+                                 size=args.size or None, workers=args.workers)
+        print(f"wrote {info['path']}: {info['pairs']} pairs ({info['genuine']} genuine) in {info['folds']} folds"
+              f"{', person-disjoint' if info['person_disjoint_folds'] else ''}")
+    else:
+        from .data.inspect import inspect_path
+
+        info = inspect_path(args.path, args.out, samples=args.samples)
+        print("\n".join(info["summary"]))
+        print(f"contact sheet: {info['contact_sheet']}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(info, f, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pocketnas", description="Compact face recognition networks: search, build, "
                                 "train, compress, evaluate.")
@@ -107,6 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--draw", help="write normal.png and reduce.png into this folder")
     s.set_defaults(func=_cmd_genotype)
 
+    s = sub.add_parser("data", help="pack folders into RecordIO, make pairs .bin files, inspect data")
+    dsub = s.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("pack", help="image folder (root/<identity>/<image>) -> train.rec/.idx/property")
+    d.add_argument("folder")
+    d.add_argument("out_dir")
+    d.add_argument("--size", type=int, default=112, help="resize to SIZE x SIZE (0: keep)")
+    d.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    d.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    d = dsub.add_parser("pairs", help="image folder -> verification pairs .bin (10 folds, seeded)")
+    d.add_argument("folder")
+    d.add_argument("out")
+    d.add_argument("--pairs", type=int, default=600)
+    d.add_argument("--folds", type=int, default=10)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--size", type=int, default=112, help="resize to SIZE x SIZE (0: keep)")
+    d.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    d = dsub.add_parser("inspect", help="identities, images, per-identity histogram, contact sheet PNG")
+    d.add_argument("path", help="a RecordIO folder or .rec, a .bin, or an image folder")
+    d.add_argument("--out", help="contact sheet PNG (default NAME_contact.png)")
+    d.add_argument("--samples", type=int, default=32)
+    d.add_argument("--json")
+    s.set_defaults(func=_cmd_data)
+
     s = sub.add_parser("demo", help="the main job on the bundled ORL faces")
     s.add_argument("--out", default="pocketnas_demo")
     s.add_argument("--models", nargs="+", help="registry names (default: the four PocketNets)")
@@ -120,12 +169,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from .data.errors import DataFormatError
     from .models.checkpoint import CheckpointError
     from .nas.genotype import GenotypeError
 
     try:
         return args.func(args)
-    except (CheckpointError, GenotypeError, FileNotFoundError, KeyError, ValueError) as e:
+    except (CheckpointError, GenotypeError, DataFormatError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"pocketnas {args.command}: error: {msg}", file=sys.stderr)
         return 2

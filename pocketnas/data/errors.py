@@ -1,0 +1,5 @@
+"""Errors for damaged or malformed data files; every message names the file and the record (or pair)."""
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be read as what it claims to be."""

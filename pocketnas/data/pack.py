@@ -1,0 +1,107 @@
+"""Packing tools: image folder -> insightface RecordIO pack; image folder -> verification pairs ``.bin``."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from .binfile import write_bin
+from .decode import encode_jpeg
+from .folder import load_image, scan_folder
+from .recordio import write_insightface_pack
+
+logger = logging.getLogger(__name__)
+
+
+def _encode_all(paths: Sequence[str], size: Optional[int], quality: int, workers: int, desc: str) -> List[bytes]:
+    """Decode (to RGB, resized to ``size``) and JPEG-encode every image, in parallel (Pillow releases the GIL)."""
+
+    def work(p: str) -> bytes:
+        return encode_jpeg(load_image(p, size), quality)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(tqdm(pool.map(work, paths), total=len(paths), desc=desc, unit="img"))
+
+
+def pack_folder(folder: str, out_dir: str, size: Optional[int] = 112, quality: int = 95,
+                workers: int = 2) -> Dict[str, str]:
+    """``folder/<identity>/<image>`` -> ``out_dir/train.rec``, ``train.idx``, ``property`` (insightface layout).
+
+    Labels are the identities in sorted order; images are stored as RGB JPEG (quality ``quality``).
+    """
+    identities, samples = scan_folder(folder)
+    encoded = _encode_all([p for p, _ in samples], size, quality, workers, f"packing {os.path.basename(folder)}")
+    h = w = size or 112
+    if size is None:
+        from .decode import decode_image
+
+        _, h, w = decode_image(encoded[0], samples[0][0]).shape
+    paths = write_insightface_pack(out_dir, list(zip(encoded, [y for _, y in samples])), len(identities), h, w)
+    with open(os.path.join(out_dir, "identities.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"{i}\t{name}\n" for i, name in enumerate(identities))
+    logger.info("packed %d images of %d identities into %s", len(samples), len(identities), paths["rec"])
+    return paths
+
+
+def make_pairs(labels: Sequence[int], n_pairs: int, folds: int = 10, seed: int = 0
+               ) -> Tuple[List[Tuple[int, int]], List[bool], bool]:
+    """Genuine/impostor pairs of sample indices, ``n_pairs`` in ``folds`` equal folds (half genuine, half impostor
+    per fold, genuine first, as LFW's view 2). Identities are split across folds so that folds share no person
+    when there are enough of them (the third value says whether they do). Seeded, no repeated pair."""
+    if n_pairs % (2 * folds):
+        raise ValueError(f"--pairs must be a multiple of {2 * folds} (half genuine, half impostor in {folds} folds)")
+    rng = random.Random(seed)
+    by_id: Dict[int, List[int]] = {}
+    for i, y in enumerate(labels):
+        by_id.setdefault(int(y), []).append(i)
+    ids = sorted(by_id)
+    rng.shuffle(ids)
+    disjoint = len(ids) >= 2 * folds and sum(len(by_id[i]) >= 2 for i in ids) >= folds
+    groups = [ids[f::folds] for f in range(folds)] if disjoint else [ids] * folds
+    if not disjoint:
+        logger.warning("%d identities are too few for person-disjoint folds; folds share people", len(ids))
+    per = n_pairs // (2 * folds)
+    pairs: List[Tuple[int, int]] = []
+    issame: List[bool] = []
+    used = set()
+    for group in groups:
+        multi = [i for i in group if len(by_id[i]) >= 2]
+        if not multi or len(group) < 2:
+            raise ValueError("not enough identities with two or more images to build genuine and impostor pairs")
+        for same in (True, False):
+            made, attempts = 0, 0
+            while made < per:
+                attempts += 1
+                if attempts > 1000 * per:
+                    raise ValueError(f"cannot draw {per} distinct {'genuine' if same else 'impostor'} pairs per "
+                                     f"fold from these identities; ask for fewer pairs")
+                if same:
+                    a, b = rng.sample(by_id[rng.choice(multi)], 2)
+                else:
+                    ia, ib = rng.sample(group, 2)
+                    a, b = rng.choice(by_id[ia]), rng.choice(by_id[ib])
+                key = (min(a, b), max(a, b))
+                if key in used:
+                    continue
+                used.add(key)
+                pairs.append((a, b))
+                issame.append(same)
+                made += 1
+    return pairs, issame, disjoint
+
+
+def pairs_from_folder(folder: str, out_bin: str, n_pairs: int = 600, folds: int = 10, seed: int = 0,
+                      size: Optional[int] = 112, quality: int = 95, workers: int = 2) -> Dict[str, object]:
+    """Random genuine/impostor pairs of ``folder``'s images written as an insightface ``.bin``."""
+    identities, samples = scan_folder(folder)
+    pairs, issame, disjoint = make_pairs([y for _, y in samples], n_pairs, folds, seed)
+    needed = sorted({i for p in pairs for i in p})
+    encoded = dict(zip(needed, _encode_all([samples[i][0] for i in needed], size, quality, workers,
+                                           "encoding pairs")))
+    write_bin(out_bin, [encoded[i] for p in pairs for i in p], issame)
+    return {"pairs": len(pairs), "genuine": sum(issame), "folds": folds, "person_disjoint_folds": disjoint,
+            "path": out_bin}
