@@ -107,6 +107,99 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedder(args: argparse.Namespace):
+    from .models.embedders import load_embedder
+
+    return load_embedder(args.model, arch=args.arch, pretrained=args.pretrained, input_norm=args.input_norm,
+                         threads=args.threads)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import run
+    from .evaluation.plots import plot_det, plot_roc
+
+    if args.eval_command == "compare":
+        points = run.compare_results(args.results, args.out, args.set)
+        for p in points:
+            print(f"{p['name']}: {p['set']} {100 * p['accuracy']:.2f} %, {p['params']:,} params, "
+                  f"{p['mflops']:.1f} MFLOPs")
+        print(f"wrote {args.out}")
+        if args.json:
+            run.write_json(args.json, {"points": points, "plot": args.out})
+        return 0
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    embedder = _embedder(args)
+    meta = {"model": embedder.name, "input_norm": embedder.input_norm, "threads": args.threads}
+    if args.eval_command == "cost":
+        cost = run.model_cost(embedder, threads=args.threads)
+        from .evaluation.cost import CostReport, format_cost_table
+
+        fields = {k: v for k, v in cost.items() if k in CostReport.__dataclass_fields__}
+        print(format_cost_table([CostReport(**{"input_size": embedder.input_size, **fields})]))
+        if args.json:
+            run.write_json(args.json, {run.META_KEY: {**meta, "cost": cost}})
+        return 0
+    if args.eval_command == "verify":
+        results = run.verify_bins(embedder, args.bin, flip=not args.no_flip, batch_size=args.batch_size)
+        print(run.format_verify_table(results))
+        curves = {stem: (r["roc_fpr"], r["roc_tpr"]) for stem, r in results.items()}
+    elif args.eval_command == "pairs":
+        r = run.verify_folder(embedder, args.folder, args.pairs, args.folds, args.seed, flip=not args.no_flip,
+                              batch_size=args.batch_size)
+        stem = os.path.basename(os.path.normpath(args.folder))
+        results = {stem: r}
+        print(run.format_verify_table(results))
+        print("TAR at FAR: " + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))
+        curves = {stem: r.pop("roc_full")}
+    else:  # ijb
+        from .evaluation.ijb import evaluate_ijb
+        from .models.embedders import embed_images
+
+        def embed_fn(images, flip):
+            return embed_images(embedder, images, args.batch_size, flip=flip)
+
+        r = evaluate_ijb(embed_fn, args.root, args.target, size=embedder.input_size, flip=not args.no_flip)
+        curves = {args.target: r.pop("roc")}
+        r.pop("scores")
+        results = {args.target.lower(): r}
+        print(f"{args.target}: {r['templates']} templates, {r['pairs']} pairs; AUC {r['auc']:.4f}, "
+              f"EER {100 * r['eer']:.2f} %")
+        print("TAR at FAR: " + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))
+    if not args.no_cost:
+        meta["cost"] = run.model_cost(embedder, threads=args.threads, latency=not args.no_latency)
+    plots = args.plots or (os.path.splitext(args.json)[0] + "_plots" if args.json else None)
+    if plots:
+        meta["plots"] = [plot_roc(curves, os.path.join(plots, "roc.png"), f"ROC: {embedder.name}"),
+                         plot_det(curves, os.path.join(plots, "det.png"), f"DET: {embedder.name}")]
+        print(f"plots: {', '.join(meta['plots'])}")
+    if args.json:
+        run.write_json(args.json, {**results, run.META_KEY: meta})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registry name, pocketnas checkpoint, backbone.pth (with --arch) "
+                   "or .onnx file")
+    p.add_argument("--pretrained", help="weights for a registry name")
+    p.add_argument("--arch", help="architecture of a bare backbone.pth")
+    p.add_argument("--input-norm", choices=["arcface", "raw255"],
+                   help="input normalisation of an ONNX model without pocketnas metadata")
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+
+
+def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-flip", action="store_true", help="embed the image only, not also its mirror")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", help="write every figure to this JSON file")
+    p.add_argument("--plots", help="folder for roc.png and det.png (default: beside --json)")
+    p.add_argument("--no-cost", action="store_true", help="leave the cost report out")
+    p.add_argument("--no-latency", action="store_true", help="cost report without timings")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pocketnas", description="Compact face recognition networks: search, build, "
                                 "train, compress, evaluate.")
@@ -155,6 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--samples", type=int, default=32)
     d.add_argument("--json")
     s.set_defaults(func=_cmd_data)
+
+    s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost")
+    esub = s.add_subparsers(dest="eval_command", required=True)
+    e = esub.add_parser("verify", help="insightface 10-fold protocol on .bin sets")
+    _add_model_args(e)
+    e.add_argument("--bin", action="append", required=True, help="a .bin set (repeatable)")
+    _add_eval_output_args(e)
+    e = esub.add_parser("pairs", help="genuine/impostor pairs of FOLDER/<identity>/<image>: EER, TAR@FAR, accuracy")
+    e.add_argument("folder")
+    _add_model_args(e)
+    e.add_argument("--pairs", type=int, default=600)
+    e.add_argument("--folds", type=int, default=10)
+    e.add_argument("--seed", type=int, default=0)
+    _add_eval_output_args(e)
+    e = esub.add_parser("ijb", help="IJB-B/IJB-C 1:1 template verification, TAR at FAR 1e-6..1e-1")
+    _add_model_args(e)
+    e.add_argument("--root", required=True, help="folder with meta/ and loose_crop/")
+    e.add_argument("--target", default="IJBC", choices=["IJBB", "IJBC"])
+    _add_eval_output_args(e)
+    e = esub.add_parser("cost", help="parameters, MFLOPs, size, latency and throughput (PyTorch and ONNX Runtime)")
+    _add_model_args(e)
+    e.add_argument("--json")
+    e = esub.add_parser("compare", help="plot accuracy against parameters and FLOPs for several eval JSON files")
+    e.add_argument("results", nargs="+")
+    e.add_argument("--set", help="which set to plot (default: the first in each file)")
+    e.add_argument("--out", default="tradeoff.png")
+    e.add_argument("--json")
+    s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("demo", help="the main job on the bundled ORL faces")
     s.add_argument("--out", default="pocketnas_demo")

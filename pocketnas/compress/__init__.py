@@ -1,0 +1,1 @@
+"""Compression and deployment: pruning, ONNX export, int8."""

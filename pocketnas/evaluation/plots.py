@@ -1,0 +1,96 @@
+"""Pictures of evaluation results: ROC and DET curves, and the accuracy-versus-cost trade-off."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
+def plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "ROC") -> str:
+    """TAR against FAR (log scale) for each named (fpr, tpr) curve."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    drawn = 0
+    for name, (fpr, tpr) in curves.items():
+        fpr = np.asarray(fpr)
+        keep = fpr > 0
+        if keep.any():
+            ax.plot(fpr[keep], np.asarray(tpr)[keep], label=name, lw=1.6)
+            drawn += 1
+        else:
+            ax.text(0.5, 0.5 - 0.08 * drawn, f"{name}: no false accept at any threshold", transform=ax.transAxes,
+                    ha="center")
+    if drawn:
+        ax.set_xscale("log")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("false accept rate (FAR)")
+    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_det(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "DET") -> str:
+    """False reject rate against false accept rate, both on log scales."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    drawn = 0
+    for name, (fpr, tpr) in curves.items():
+        fpr, fnr = np.asarray(fpr), 1 - np.asarray(tpr)
+        keep = (fpr > 0) & (fnr > 0)
+        if keep.any():
+            ax.plot(fpr[keep], fnr[keep], label=name, lw=1.6)
+            drawn += 1
+        else:
+            ax.text(0.5, 0.5 - 0.08 * drawn, f"{name}: errors of one kind only (separable)", transform=ax.transAxes,
+                    ha="center")
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("false accept rate (FAR)")
+    ax.set_ylabel("false reject rate (FRR)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_tradeoff(points: Sequence[Dict[str, object]], path: str, metric_label: str = "LFW accuracy (%)") -> str:
+    """Accuracy against parameters and against MFLOPs (log scales), one labelled point per model."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    for ax, key, label in ((axes[0], "params", "parameters (M)"), (axes[1], "mflops", "MFLOPs")):
+        for p in points:
+            x = float(p[key]) / (1e6 if key == "params" else 1.0)
+            y = float(p["accuracy"]) * 100
+            ax.scatter([x], [y], s=40, zorder=3)
+            ax.annotate(str(p["name"]), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(metric_label)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle("accuracy against cost")
+    return _save(fig, path)
+
+
+def roc_of(result: Dict[str, object]) -> Tuple[List[float], List[float]]:
+    return result["roc_fpr"], result["roc_tpr"]  # type: ignore[return-value]

@@ -1,0 +1,149 @@
+"""Evaluation runs behind ``pocketnas eval``: verification on .bin sets, on a folder's pairs, IJB, cost, compare."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..models.embedders import Embedder, OnnxEmbedder, TorchEmbedder, embed_images
+from .biometric import roc_curve, tar_at_far
+from .verification import evaluate_pairs, pair_distances
+
+logger = logging.getLogger(__name__)
+
+META_KEY = "_meta"  # the one key of a results file that is not a data set
+
+
+def model_cost(embedder: Embedder, threads: int = 2, onnx: bool = True, latency: bool = True) -> Dict[str, Any]:
+    """The cost report of what an evaluation ran: a PyTorch model (with its ONNX Runtime figures when available)
+    or an ONNX file (parameters from its initialisers, size on disk, ONNX Runtime timings)."""
+    from .cost import cost_report
+
+    if isinstance(embedder, TorchEmbedder):
+        return cost_report(embedder.model, embedder.name, latency=latency, threads=threads, throughput=latency,
+                           onnx=onnx and latency).as_dict()
+    if isinstance(embedder, OnnxEmbedder):
+        return onnx_file_cost(embedder.path, threads, latency=latency)
+    return {"name": embedder.name}
+
+
+def onnx_file_cost(path: str, threads: int = 2, latency: bool = True) -> Dict[str, Any]:
+    import onnx
+
+    from ..onnx_runtime import cpu_session
+    from .cost import _median_seconds
+
+    proto = onnx.load(path)
+    params = int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
+    out: Dict[str, Any] = {"name": os.path.basename(path), "params": params, "mflops": None,
+                           "size_mb": os.path.getsize(path) / 2 ** 20}
+    if latency:
+        session = cpu_session(path, threads)
+        inp = session.get_inputs()[0]
+        size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 112
+        x1 = np.random.rand(1, 3, size, size).astype(np.float32)
+        xb = np.random.rand(32, 3, size, size).astype(np.float32)
+        out["onnx_latency_ms"] = 1000 * _median_seconds(lambda: session.run(None, {inp.name: x1}), 3, 15)
+        if not isinstance(inp.shape[0], int):
+            out["onnx_throughput_ips"] = 32 / _median_seconds(lambda: session.run(None, {inp.name: xb}), 1, 3)
+        out["threads"] = threads
+    return out
+
+
+def verify_bins(embedder: Embedder, bins: Sequence[str], flip: bool = True, batch_size: int = 64,
+                progress: bool = True) -> Dict[str, Dict[str, Any]]:
+    """insightface's 10-fold protocol on each ``.bin``; results keyed by file stem (``lfw``, ``cfp_fp`` ...)."""
+    from ..data.binfile import read_bin
+
+    results: Dict[str, Dict[str, Any]] = {}
+    for path in bins:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        t0 = time.perf_counter()
+        images, issame = read_bin(path, size=embedder.input_size, progress=progress)
+        emb = embed_images(embedder, images, batch_size, flip=flip, progress=progress, desc=f"embedding {stem}")
+        result = evaluate_pairs(emb, issame)
+        result.update(seconds=time.perf_counter() - t0, flip=flip, path=path)
+        results[stem] = result
+        logger.info("%s: %.2f%% +- %.2f (%d pairs, %.1f s)", stem, 100 * result["accuracy_mean"],
+                    100 * result["accuracy_std"], result["pairs"], result["seconds"])
+    return results
+
+
+def verify_folder(embedder: Embedder, folder: str, n_pairs: int = 600, folds: int = 10, seed: int = 0,
+                  flip: bool = True, batch_size: int = 64, progress: bool = True) -> Dict[str, Any]:
+    """Generic biometric verification on ``folder/<identity>/<image>`` crops of any size (resized to the model's
+    input): genuine/impostor pairs in person-disjoint folds, 10-fold accuracy, EER, TAR at FAR, ROC."""
+    from ..data.folder import FolderDataset
+    from ..data.pack import make_pairs
+
+    t0 = time.perf_counter()
+    ds = FolderDataset(folder, train=False, size=embedder.input_size)
+    pairs, issame, disjoint = make_pairs(ds.labels, n_pairs, folds, seed)
+    needed = sorted({i for p in pairs for i in p})
+    where = {i: k for k, i in enumerate(needed)}
+    images = ds.batch_uint8(needed)
+    emb = embed_images(embedder, images.numpy(), batch_size, flip=flip, progress=progress)
+    order = [where[i] for p in pairs for i in p]
+    result = evaluate_pairs(emb[order], issame, folds=folds)
+    fpr, tpr, _ = roc_curve(-pair_distances(emb[order]), np.asarray(issame))
+    result.update(tar_at_far=tar_at_far(fpr, tpr, (1e-3, 1e-2, 1e-1)), person_disjoint_folds=disjoint,
+                  identities=ds.num_classes, images=len(needed), seconds=time.perf_counter() - t0, flip=flip,
+                  path=folder, roc_full=(fpr.tolist(), tpr.tolist()))
+    return result
+
+
+def format_verify_table(results: Dict[str, Dict[str, Any]]) -> str:
+    rows = [("set", "pairs", "accuracy %", "VAL@FAR1e-3 %", "AUC", "EER %", "seconds")]
+    for stem, r in results.items():
+        if stem == META_KEY:
+            continue
+        val = r.get("val_at_far_1e-3")
+        rows.append((stem, str(r["pairs"]), f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}",
+                     f"{100 * val:.2f}" if val is not None else "-", f"{r['auc']:.4f}", f"{100 * r['eer']:.2f}",
+                     f"{r['seconds']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_json(path: str, data: Dict[str, Any]) -> None:
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, default=default)
+
+
+def compare_results(paths: Sequence[str], out_png: str, data_set: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Accuracy against parameters and FLOPs for several ``pocketnas eval verify --json`` results."""
+    from .plots import plot_tradeoff
+
+    points = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        meta = data.get(META_KEY, {})
+        cost = meta.get("cost") or {}
+        sets = [k for k in data if k != META_KEY]
+        stem = data_set or (sets[0] if sets else None)
+        if stem not in data:
+            raise ValueError(f"{path}: no results for set {stem!r} (has: {', '.join(sets)})")
+        if not cost.get("params") or not cost.get("mflops"):
+            raise ValueError(f"{path}: no cost report (parameters and MFLOPs) in {META_KEY}; run eval verify with "
+                             f"its cost report on")
+        points.append({"name": meta.get("model", os.path.basename(path)), "params": cost["params"],
+                       "mflops": cost["mflops"], "accuracy": data[stem]["accuracy_mean"], "set": stem,
+                       "path": path})
+    plot_tradeoff(points, out_png, metric_label=f"{points[0]['set']} accuracy (%)")
+    return points

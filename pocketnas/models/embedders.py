@@ -1,0 +1,118 @@
+"""Anything that turns face crops into embeddings, behind one interface: pocketnas models, original release
+backbones, and ONNX face embedders run through onnxruntime. Each declares its own input normalisation, so a
+caller always passes RGB uint8 crops. Used by evaluation and as distillation teachers."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..data.transforms import check_norm, normalize
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+class Embedder:
+    """Call with an N x 3 x S x S uint8 RGB batch; get N x D float32 embeddings (not normalised)."""
+
+    name: str = "embedder"
+    input_norm: str = "arcface"
+    input_size: int = 112
+    embedding_size: Optional[int] = None
+
+    def __call__(self, images: ArrayLike) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TorchEmbedder(Embedder):
+    def __init__(self, model: torch.nn.Module, name: str = "", input_norm: Optional[str] = None,
+                 device: Union[str, torch.device] = "cpu"):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.name = name or getattr(model, "pocketnas_arch", type(model).__name__)
+        cfg = getattr(model, "pocketnas_cfg", None)
+        self.input_norm = check_norm(input_norm or getattr(model, "input_norm", None)
+                                     or (cfg.input_norm if cfg else "arcface"))
+        self.input_size = int(getattr(model, "input_size", 112))
+        self.embedding_size = getattr(model, "embedding_size", None)
+
+    @torch.inference_mode()
+    def __call__(self, images: ArrayLike) -> np.ndarray:
+        x = torch.as_tensor(images).to(self.device)
+        return self.model(normalize(x, self.input_norm)).float().cpu().numpy()
+
+
+class OnnxEmbedder(Embedder):
+    """An ONNX face embedder; its normalisation comes from metadata pocketnas wrote (``input_norm``) or is given."""
+
+    def __init__(self, path: str, input_norm: Optional[str] = None, threads: Optional[int] = None):
+        from ..onnx_runtime import cpu_session
+
+        self.session = cpu_session(path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        declared = meta.get("input_norm")
+        if input_norm is None and declared is None:
+            raise ValueError(f"{path} does not declare its input normalisation; pass --input-norm arcface|raw255 "
+                             f"(arcface: (x/255-0.5)/0.5, raw255: RGB 0..255)")
+        if input_norm and declared and input_norm != declared:
+            logger.warning("%s declares input_norm=%s; using %s as asked", path, declared, input_norm)
+        self.input_norm = check_norm(input_norm or declared)
+        self.path = path
+        self.name = os.path.splitext(os.path.basename(path))[0]
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = inp.shape
+        self.input_size = shape[-1] if isinstance(shape[-1], int) else 112
+        out = self.session.get_outputs()[0].shape
+        self.embedding_size = out[-1] if isinstance(out[-1], int) else None
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+    def __call__(self, images: ArrayLike) -> np.ndarray:
+        x = normalize(torch.as_tensor(images), self.input_norm).numpy()
+        if self.fixed_batch and len(x) != self.fixed_batch:
+            return np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))])
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+
+
+def load_embedder(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None,
+                  input_norm: Optional[str] = None, device: str = "cpu", threads: Optional[int] = None) -> Embedder:
+    """A registry name (with ``pretrained``), a pocketnas checkpoint, a bare ``backbone.pth`` (with ``arch``), or an
+    ``.onnx`` file (normalisation from its metadata or ``input_norm``)."""
+    from ..models.checkpoint import load
+    from ..registry import create_model, is_model
+
+    if str(spec).endswith(".onnx"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"{spec}: no such ONNX model")
+        return OnnxEmbedder(spec, input_norm, threads)
+    if os.path.exists(spec):
+        model = load(spec, arch=arch)
+        return TorchEmbedder(model, name=os.path.basename(spec), input_norm=input_norm, device=device)
+    if is_model(spec):
+        return TorchEmbedder(create_model(spec, pretrained=pretrained), name=spec, input_norm=input_norm,
+                             device=device)
+    raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
+
+
+def embed_images(embedder: Embedder, images: np.ndarray, batch_size: int = 64, flip: bool = True,
+                 progress: bool = True, desc: str = "embedding") -> np.ndarray:
+    """Embeddings of N x 3 x S x S uint8 images; with ``flip`` each is the sum of the image's and its mirror's
+    (insightface's flip test). Not normalised."""
+    from tqdm import tqdm
+
+    out = []
+    steps = range(0, len(images), batch_size)
+    for start in tqdm(steps, desc=desc, unit="batch", disable=not progress or len(steps) < 4):
+        batch = torch.as_tensor(np.ascontiguousarray(images[start:start + batch_size]))
+        if flip:
+            both = embedder(torch.cat([batch, batch.flip(-1)]))
+            n = len(batch)
+            out.append(both[:n] + both[n:])
+        else:
+            out.append(embedder(batch))
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,91 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import pocketnas
+from pocketnas.cli import main
+from pocketnas.data import orl_root
+from pocketnas.models.calibrate import calibrate_batchnorm
+
+VERIFY_KEYS = {"pairs", "accuracy_mean", "accuracy_std", "fold_accuracy", "fold_threshold", "val_at_far_1e-3",
+               "val_std", "far", "auc", "eer", "seconds", "roc_fpr", "roc_tpr", "flip", "path"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, orl_faces):
+    torch.manual_seed(0)
+    model = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=32)
+    calibrate_batchnorm(model, orl_faces[0][::4].split(50))
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    pocketnas.save(model, str(path))
+    return str(path)
+
+
+def test_verify_json_schema(tmp_path, tiny_model, shared):
+    js = tmp_path / "r.json"
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--threads", "2",
+                 "--json", str(js), "--no-latency"]) == 0
+    data = json.loads(js.read_text())
+    assert set(data) == {"orl", "_meta"}
+    assert VERIFY_KEYS <= set(data["orl"]) and data["orl"]["pairs"] == 600 and len(data["orl"]["fold_accuracy"]) == 10
+    assert 0.5 < data["orl"]["accuracy_mean"] <= 1.0  # a random tiny net still beats chance on ORL
+    meta = data["_meta"]
+    assert meta["model"] == "tiny.pt" and meta["input_norm"] == "arcface" and meta["cost"]["params"] > 1000
+    assert all(os.path.getsize(p) > 5000 for p in meta["plots"])
+
+
+def test_onnx_model_needs_its_normalisation(tmp_path, capsys, shared):
+    assert main(["eval", "verify", "--model", f"{shared}/weights/sface_fp32.onnx", "--bin",
+                 f"{shared}/data/orl/orl.bin"]) == 2
+    assert "does not declare its input normalisation; pass --input-norm" in capsys.readouterr().err
+
+
+def test_exported_onnx_declares_normalisation(tmp_path, tiny_model, orl_faces):
+    from pocketnas.compress.export import export_onnx
+    from pocketnas.models.embedders import OnnxEmbedder, TorchEmbedder
+
+    model = pocketnas.load(tiny_model)
+    path = export_onnx(model, str(tmp_path / "tiny.onnx"))
+    onnx_emb = OnnxEmbedder(path)
+    assert onnx_emb.input_norm == "arcface" and onnx_emb.embedding_size == 32
+    from pocketnas.data import FolderDataset
+
+    images = FolderDataset(orl_root(), train=False).batch_uint8(range(0, 400, 40))
+    a, b = onnx_emb(images), TorchEmbedder(model)(images)
+    assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
+
+
+def test_pairs_on_a_folder(tmp_path, tiny_model, capsys):
+    js = tmp_path / "p.json"
+    assert main(["eval", "pairs", orl_root(), "--model", tiny_model, "--pairs", "200", "--json", str(js),
+                 "--no-cost"]) == 0
+    out = capsys.readouterr().out
+    assert "TAR at FAR: 1e-03" in out
+    r = json.loads(js.read_text())["orl"]
+    assert r["pairs"] == 200 and r["person_disjoint_folds"] and set(r["tar_at_far"]) == {"1e-03", "1e-02", "1e-01"}
+    assert 0 <= r["eer"] <= 0.5
+
+
+def test_cost_command(tmp_path, capsys):
+    js = tmp_path / "c.json"
+    assert main(["eval", "cost", "--model", "pocketnet_s_128", "--threads", "1", "--json", str(js)]) == 0
+    cost = json.loads(js.read_text())["_meta"]["cost"]
+    assert cost["params"] == 925_632 and round(cost["mflops"], 2) == 587.11
+    for key in ("latency_ms", "throughput_ips", "onnx_latency_ms", "onnx_throughput_ips"):
+        assert cost[key] > 0, key
+    assert "ORT ms (b1)" in capsys.readouterr().out
+
+
+def test_compare_plot(tmp_path, tiny_model, shared, capsys):
+    small = tmp_path / "small.json"
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--no-flip",
+                 "--json", str(small), "--no-latency"]) == 0
+    other = json.loads(small.read_text())
+    other["_meta"]["model"], other["_meta"]["cost"]["params"] = "bigger", 10 * other["_meta"]["cost"]["params"]
+    (tmp_path / "big.json").write_text(json.dumps(other))
+    out = tmp_path / "tradeoff.png"
+    assert main(["eval", "compare", str(small), str(tmp_path / "big.json"), "--out", str(out)]) == 0
+    assert os.path.getsize(out) > 10_000 and "bigger: orl" in capsys.readouterr().out
