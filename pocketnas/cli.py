@@ -107,6 +107,43 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .nas.search import search, search_config
+
+    extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops}
+    cfg = search_config(args.space, args.config, args.set or [], extra)
+    history = search(cfg, args.out, resume=args.resume)
+    if history.get("interrupted"):
+        return 0
+    if history.get("stopped_early"):
+        print(history["stopped_early"])
+    last = history["epochs"][-1]
+    print(f"searched {len(history['epochs'])} epochs in {history['minutes']:.1f} min: val acc "
+          f"{100 * last['val_acc']:.2f} %, alpha entropy {history['alpha_entropy_start']:.3f} -> "
+          f"{history['alpha_entropy_end']:.3f}")
+    print(f"genotype: {os.path.join(args.out, 'genotype.json')}, cells: {os.path.join(args.out, 'cells')}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.train_config import TrainConfig
+    from .engine.trainer import train
+
+    extra = {"data": args.data, "genotype": args.genotype, "teacher": args.teacher, "kd": args.kd,
+             "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm}
+    if args.save_every_epoch:
+        extra["save_every_epoch"] = True
+    cfg = load_config(TrainConfig, args.config, args.set or [], extra)
+    history = train(cfg, args.out, resume=args.resume)
+    if "stopped_at_step" not in history:
+        print(f"trained {cfg.arch} for {cfg.epochs} epochs in {history['minutes']:.1f} min: "
+              f"{os.path.join(args.out, 'model.pt')}")
+        for epoch, accs in history["verification"].items():
+            print(f"  epoch {epoch}: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in accs.items()))
+    return 0
+
+
 def _embedder(args: argparse.Namespace):
     from .models.embedders import load_embedder
 
@@ -249,6 +286,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json")
     s.set_defaults(func=_cmd_data)
 
+    s = sub.add_parser("search", help="DARTS cell search on face images -> genotype.json, cell PNGs")
+    s.add_argument("--space", default="pocketnet", help="search-space YAML (or a built-in name: pocketnet, darts)")
+    s.add_argument("--data", help="RecordIO pack (folder or .rec) or image folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", help="optional YAML of search settings (the space's defaults apply first)")
+    s.add_argument("--budget-params", help="steer the derived final network towards this many parameters, "
+                   "e.g. 1.0M")
+    s.add_argument("--budget-flops", help="... or towards this many FLOPs, e.g. 600M")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting (repeatable)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
+    s.add_argument("--config", help="a recipe from train/ (YAML); --set overrides any value")
+    s.add_argument("--data", help="training data: RecordIO pack (folder or .rec) or image folder")
+    s.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt, tb/, log.txt)")
+    s.add_argument("--genotype", help="genotype for a PocketNet: name, genotype.json or legacy string")
+    s.add_argument("--teacher", help="KD teacher: model spec (checkpoint, .onnx, registry name) or, for multistep, "
+                   "a teacher run folder")
+    s.add_argument("--teacher-arch", help="architecture of a bare backbone.pth teacher")
+    s.add_argument("--teacher-input-norm", choices=["arcface", "raw255"], help="for an ONNX teacher without metadata")
+    s.add_argument("--kd", choices=["embedding", "multistep", "feature"])
+    s.add_argument("--save-every-epoch", action="store_true", help="keep epochs/epoch_NNN.pt (multi-step teachers)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    s.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    s.set_defaults(func=_cmd_train)
+
     s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost")
     esub = s.add_subparsers(dest="eval_command", required=True)
     e = esub.add_parser("verify", help="insightface 10-fold protocol on .bin sets")
@@ -290,13 +354,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from .config import ConfigError
     from .data.errors import DataFormatError
     from .models.checkpoint import CheckpointError
     from .nas.genotype import GenotypeError
 
     try:
         return args.func(args)
-    except (CheckpointError, GenotypeError, DataFormatError, FileNotFoundError, KeyError, ValueError) as e:
+    except (CheckpointError, GenotypeError, DataFormatError, ConfigError, FileNotFoundError, KeyError,
+            ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"pocketnas {args.command}: error: {msg}", file=sys.stderr)
         return 2

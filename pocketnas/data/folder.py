@@ -73,6 +73,9 @@ class FolderDataset(Dataset):
     def read_uint8(self, index: int) -> np.ndarray:
         return load_image(self.samples[index][0], self.size)
 
+    def sample_uint8(self, index: int) -> Tuple[np.ndarray, int]:
+        return self.read_uint8(index), self.samples[index][1]
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         image = torch.from_numpy(self.read_uint8(index))
         if self.train and torch.rand(()) < 0.5:

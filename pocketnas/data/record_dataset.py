@@ -141,22 +141,25 @@ class RecordDataset(Dataset):
         header, label, data = unpack_payload(self.reader.read(key), self._where(key))
         return decode_image(data, self._where(key), self.size), self._label_of(key, label)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def sample_uint8(self, index: int) -> Tuple[np.ndarray, int]:
+        """(3 x H x W uint8 RGB, label) of image ``index``; with ``skip_bad`` a damaged image is replaced by the
+        next good one (and counted)."""
         if not -len(self.keys) <= index < len(self.keys):
             raise IndexError(f"{self.rec_path}: index {index} out of range for {len(self.keys)} images")
         index %= len(self.keys)
         tries = len(self.keys) if self.skip_bad else 1
         for attempt in range(tries):
             try:
-                image, label = self.read_uint8((index + attempt) % len(self.keys))
-                break
+                return self.read_uint8((index + attempt) % len(self.keys))
             except DataFormatError as e:
                 if not self.skip_bad:
                     raise
                 self.bad_records.append(int(self.keys[(index + attempt) % len(self.keys)]))
                 logger.warning("skipping %s", e)
-        else:  # pragma: no cover - every record damaged
-            raise DataFormatError(f"{self.rec_path}: no readable image left")
+        raise DataFormatError(f"{self.rec_path}: no readable image left")  # pragma: no cover
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image, label = self.sample_uint8(index)
         x = torch.from_numpy(image)
         if self.train and torch.rand(()) < 0.5:
             x = x.flip(-1)

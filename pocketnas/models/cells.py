@@ -12,11 +12,12 @@ import torch.nn as nn
 
 from ..nas.genotype import Genotype
 from ..nas.ops import make_op, preprocess_op
+from .se import SqueezeExcite
 
 
 class SearchedCell(nn.Module):
     def __init__(self, genotype: Genotype, c_pp: int, c_p: int, channels: int, reduction_prev: bool,
-                 reduction: bool, act: str = "prelu"):
+                 reduction: bool, act: str = "prelu", se: bool = False):
         super().__init__()
         self.reduction = reduction
         self.preproc0 = preprocess_op(c_pp, channels, reduction_prev, act=act)
@@ -33,6 +34,7 @@ class SearchedCell(nn.Module):
             self.dag.append(edges)
             self.inputs.append([idx for _, idx in node])
         self.multiplier = len(self.concat)
+        self.se = SqueezeExcite(self.multiplier * channels) if se else None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
         states = [self.preproc0(s0), self.preproc1(s1)]
@@ -41,4 +43,5 @@ class SearchedCell(nn.Module):
             for op, idx in zip(edges[1:], inputs[1:]):
                 out = out + op(states[idx])
             states.append(out)
-        return torch.cat([states[i] for i in self.concat], dim=1)
+        out = torch.cat([states[i] for i in self.concat], dim=1)
+        return out if self.se is None else self.se(out)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..registry import ModelCfg, register_model
+from .se import SqueezeExcite
 
 PAPER = "Deng et al., ArcFace, CVPR 2019; Duta et al., iResNet, ICPR 2020"
 
@@ -19,7 +20,8 @@ PAPER = "Deng et al., ArcFace, CVPR 2019; Duta et al., iResNet, ICPR 2020"
 class IBasicBlock(nn.Module):
     """BN -> 3x3 conv -> BN -> PReLU -> 3x3 conv (stride) -> BN, plus the (projected) shortcut."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 se: bool = False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
@@ -28,16 +30,19 @@ class IBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
         self.downsample = downsample
+        self.se = SqueezeExcite(planes) if se else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        if self.se is not None:
+            out = self.se(out)
         identity = x if self.downsample is None else self.downsample(x)
         return out + identity
 
 
 class IResNet(nn.Module):
     def __init__(self, layers: Sequence[int], embedding_size: int = 512, dropout: float = 0.0,
-                 input_size: int = 112):
+                 input_size: int = 112, se: bool = False):
         super().__init__()
         if input_size % 16:
             raise ValueError(f"iResNet input size must be a multiple of 16, got {input_size}")
@@ -50,8 +55,8 @@ class IResNet(nn.Module):
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
             downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, 2, bias=False),
                                        nn.BatchNorm2d(planes, eps=1e-5))
-            stage = [IBasicBlock(inplanes, planes, 2, downsample)]
-            stage += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
+            stage = [IBasicBlock(inplanes, planes, 2, downsample, se=se)]
+            stage += [IBasicBlock(planes, planes, se=se) for _ in range(1, blocks)]
             setattr(self, f"layer{i}", nn.Sequential(*stage))
             inplanes = planes
         self.bn2 = nn.BatchNorm2d(512, eps=1e-5)

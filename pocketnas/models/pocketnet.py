@@ -39,7 +39,7 @@ def final_map_size(input_size: int, reductions: int) -> int:
 class PocketNet(nn.Module):
     def __init__(self, genotype: Union[str, Dict[str, Any], Genotype] = "pocketnet_casia", channels: int = 16,
                  layers: int = 18, embedding_size: int = 128, stem_multiplier: int = 4, input_size: int = 112,
-                 tail_width: Optional[int] = None, act: str = "prelu"):
+                 tail_width: Optional[int] = None, act: str = "prelu", se: bool = False):
         super().__init__()
         self.genotype = get_genotype(genotype).validate()
         if layers < 3:
@@ -48,6 +48,7 @@ class PocketNet(nn.Module):
             raise ValueError(f"channels and embedding_size must be positive, got {channels}, {embedding_size}")
         self.embedding_size = embedding_size
         self.input_size = input_size
+        self.se = se
         self.tail_width = tail_width or (512 if embedding_size <= 256 else 2 * embedding_size)
         reductions = reduction_layers(layers)
         self.final_size = final_map_size(input_size, len(reductions))
@@ -61,7 +62,7 @@ class PocketNet(nn.Module):
             reduction = i in reductions
             if reduction:
                 c_cur *= 2
-            cell = SearchedCell(self.genotype, c_pp, c_p, c_cur, reduction_prev, reduction, act=act)
+            cell = SearchedCell(self.genotype, c_pp, c_p, c_cur, reduction_prev, reduction, act=act, se=se)
             self.cells.append(cell)
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.multiplier * c_cur

@@ -1,0 +1,125 @@
+"""Training-step speed of PocketNetS-128 at batch 32 on 2 CPU threads, side by side in one run.
+
+Modes, each in a fresh subprocess (the allocator setting is process-wide):
+  plain      eager float32 NCHW, glibc defaults: what the original code does
+  default    pocketnas's default CPU path: channels_last + glibc mallopt + torch.compile of the backbone
+  kd         default path + embedding KD from a teacher computed every step (SFace ONNX by default)
+  kd_cached  default path + embedding KD with the teacher's embeddings read from pocketnas's cache
+
+    python bench/train.py [--teacher ../shared/weights/sface_fp32.onnx] [--steps 6]
+
+Prints images/s and ratios; compile time is reported separately (it is paid once per run, and inductor caches it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SHARED, print_environment  # noqa: E402
+
+BATCH = 32
+
+
+def run_mode(mode: str, steps: int, teacher: str) -> dict:
+    import statistics
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import pocketnas
+    from pocketnas.engine.allocator import tune_glibc_malloc
+    from pocketnas.engine.teachers import FixedTeacher, TeacherCache, build_fixed_teacher
+    from pocketnas.losses import MarginHead, build_distill_loss, build_margin
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    fast = mode != "plain"
+    if fast:
+        tune_glibc_malloc()
+    model = pocketnas.create_model("pocketnet_s_128").train()
+    head = MarginHead(128, 1000, build_margin("arcface"))
+    kd_loss = build_distill_loss("embedding", student_dim=128, teacher_dim=128)
+    opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9,
+                          weight_decay=5e-4)
+    images = torch.randint(0, 256, (BATCH, 3, 112, 112), dtype=torch.uint8)
+    labels = torch.randint(0, 1000, (BATCH,))
+    index = torch.arange(BATCH)
+    flipped = torch.zeros(BATCH, dtype=torch.bool)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+        model.compile()
+    teach = None
+    if mode.startswith("kd"):
+        embedder = build_fixed_teacher(teacher, input_norm="raw255" if teacher.endswith(".onnx") else None,
+                                       threads=2)
+        cache = None
+        if mode == "kd_cached":
+            cache = TeacherCache(tempfile.mkdtemp(), BATCH, int(embedder.embedding_size), teacher)
+        teach = FixedTeacher(embedder, cache)
+
+    def step():
+        x = pocketnas.data.normalize(images)
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        emb = model(x)
+        loss = F.cross_entropy(head(emb, labels), labels)
+        if teach is not None:
+            loss = loss + kd_loss(emb, teach.embed(images, index, flipped, 0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    step()
+    step()
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"mode": mode, "step_s": med, "images_per_s": BATCH / med, "warmup_s": warm}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--teacher", default=os.path.join(SHARED, "weights", "sface_fp32.onnx"))
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.mode:
+        print(json.dumps(run_mode(args.mode, args.steps, args.teacher)))
+        return
+    print_environment()
+    results = {}
+    for mode in ("plain", "default", "kd", "kd_cached"):
+        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(args.steps),
+                              "--teacher", args.teacher], capture_output=True, text=True)
+        if out.returncode:
+            print(f"{mode}: failed\n{out.stderr[-2000:]}")
+            continue
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["plain"]["images_per_s"]
+    print(f"\nPocketNetS-128 training step, batch {BATCH}, 2 threads (median of {args.steps} steps after 2 warm-up)")
+    print(f"{'mode':<12}{'s/step':>9}{'images/s':>10}{'vs plain':>10}{'warm-up s':>11}")
+    for mode, r in results.items():
+        print(f"{mode:<12}{r['step_s']:>9.3f}{r['images_per_s']:>10.1f}{r['images_per_s'] / base:>9.2f}x"
+              f"{r['warmup_s']:>11.1f}")
+    if "default" in results and "kd" in results and "kd_cached" in results:
+        d = results["default"]["step_s"]
+        print(f"\nKD overhead per step: {results['kd']['step_s'] - d:+.3f} s computing the teacher, "
+              f"{results['kd_cached']['step_s'] - d:+.3f} s with the cache")
+    print(f"default path / plain eager: {results['default']['images_per_s'] / base:.2f}x (target >= 1.5x); "
+          f"the original code: about 12 images/s on this kind of machine")
+
+
+if __name__ == "__main__":
+    main()

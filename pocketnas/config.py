@@ -1,0 +1,128 @@
+"""Run configurations: flat dataclasses read from YAML (``yaml.safe_load``) with ``--set key=value`` overrides.
+
+Values are checked against the field types; an unknown key or a wrong type is an error naming the key, the file
+and what was expected (with close names suggested), never a silent default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from typing import Any, Dict, Iterable, Optional, Type, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that is malformed."""
+
+
+def _check(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(value, a, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            inner = args[0] if args else Any
+            return [_check(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:  # pragma: no cover - field types used here are the ones above
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{source}: {key} must be {name}, got {value!r}")
+
+
+def _fields(cls: Type[Any]) -> Dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def config_from_dict(cls: Type[C], data: Dict[str, Any], source: str = "config") -> C:
+    fields = _fields(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        values[key] = _check(value, fields[key], key, source)
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate:
+        validate(source)
+    return obj
+
+
+def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+    return out
+
+
+def load_config(cls: Type[C], path: Optional[str] = None, overrides: Iterable[str] = (),
+                extra: Optional[Dict[str, Any]] = None) -> C:
+    """``cls`` from the YAML file ``path`` (optional), then ``extra`` values, then ``--set`` overrides."""
+    data: Dict[str, Any] = {}
+    source = path or "defaults"
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such configuration file")
+        with open(path, encoding="utf-8") as f:
+            try:
+                loaded = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
+        data.update(loaded)
+    data.update({k: v for k, v in (extra or {}).items() if v is not None})
+    parsed = parse_overrides(overrides)
+    data.update(parsed)
+    if parsed:
+        source = f"{source} (with --set {', '.join(parsed)})"
+    return config_from_dict(cls, data, source)
+
+
+def config_to_yaml(obj: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(obj), sort_keys=False)

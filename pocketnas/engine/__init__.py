@@ -1,0 +1,1 @@
+"""Training machinery shared by ``pocketnas train`` and ``pocketnas search``."""

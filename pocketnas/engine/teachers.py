@@ -1,0 +1,151 @@
+"""Distillation teachers: a fixed embedder (pocketnas checkpoint, release backbone, ONNX) with an optional disk
+cache of its embeddings, and PocketNet's multi-step teacher that changes checkpoint every epoch."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..models.embedders import Embedder, TorchEmbedder, load_embedder
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherCache:
+    """Teacher embeddings per (image, flipped) in a float32 memory-mapped file, each entry stamped with the step
+    that wrote it. A resumed run forgets entries written after its checkpoint, so it recomputes exactly what the
+    uninterrupted run computed; an entry is the teacher's own fp32 output, so caching never changes a result."""
+
+    def __init__(self, folder: str, images: int, dim: int, identity: str, create: bool = True):
+        os.makedirs(folder, exist_ok=True)
+        self.values_path = os.path.join(folder, "embeddings.f32")
+        self.steps_path = os.path.join(folder, "written_step.i64")
+        meta_path = os.path.join(folder, "cache.json")
+        meta = {"images": images, "dim": dim, "teacher": identity}
+        fresh = True
+        if os.path.isfile(meta_path):
+            with open(meta_path, encoding="utf-8") as f:
+                fresh = json.load(f) != meta
+            if fresh:
+                logger.warning("%s: teacher cache belongs to another teacher or data; starting it afresh", folder)
+        if fresh and create:
+            np.memmap(self.values_path, np.float32, "w+", shape=(images, 2, dim)).flush()
+            steps = np.memmap(self.steps_path, np.int64, "w+", shape=(images, 2))
+            steps[:] = -1
+            steps.flush()
+            with open(meta_path, "w", encoding="utf-8") as f:
+                json.dump(meta, f)
+        self.values = np.memmap(self.values_path, np.float32, "r+", shape=(images, 2, dim))
+        self.steps = np.memmap(self.steps_path, np.int64, "r+", shape=(images, 2))
+        self.hits = self.misses = 0
+
+    def forget_after(self, step: int) -> None:
+        stale = self.steps > step
+        if stale.any():
+            self.steps[stale] = -1
+            self.steps.flush()
+
+    def lookup(self, index: np.ndarray, flipped: np.ndarray):
+        written = self.steps[index, flipped] >= 0
+        return written, self.values[index, flipped]
+
+    def store(self, index: np.ndarray, flipped: np.ndarray, values: np.ndarray, step: int) -> None:
+        self.values[index, flipped] = values
+        self.steps[index, flipped] = step
+
+
+class FixedTeacher:
+    """A teacher that does not change during training; embeddings of uint8 batches, cached when asked."""
+
+    def __init__(self, embedder: Embedder, cache: Optional[TeacherCache] = None):
+        self.embedder = embedder
+        self.cache = cache
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedder.embedding_size)
+
+    def embed(self, images_u8: torch.Tensor, index: torch.Tensor, flipped: torch.Tensor, step: int) -> torch.Tensor:
+        if self.cache is None:
+            return torch.from_numpy(self.embedder(images_u8))
+        idx, flp = index.numpy(), flipped.numpy().astype(np.int64)
+        have, values = self.cache.lookup(idx, flp)
+        out = np.array(values, dtype=np.float32)
+        if not have.all():
+            miss = np.flatnonzero(~have)
+            fresh = self.embedder(images_u8[torch.from_numpy(miss)])
+            out[miss] = fresh
+            self.cache.store(idx[miss], flp[miss], fresh, step)
+        self.cache.hits += int(have.sum())
+        self.cache.misses += int((~have).sum())
+        return torch.from_numpy(out)
+
+
+def teacher_identity(spec: str) -> str:
+    if os.path.isfile(spec):
+        st = os.stat(spec)
+        return f"{os.path.abspath(spec)}:{st.st_size}:{int(st.st_mtime)}"
+    return spec
+
+
+def epoch_checkpoint(run_dir: str, epoch: int) -> str:
+    """Where a run saved with ``--save-every-epoch`` keeps the backbone of epoch ``epoch`` (counting from 1)."""
+    return os.path.join(run_dir, "epochs", f"epoch_{epoch:03d}.pt")
+
+
+class MultiStepTeacher:
+    """In student epoch e (from 1) the teacher is the teacher run's checkpoint of epoch e (Boutros et al. 2022,
+    multi-step KD). Every checkpoint is checked before training starts."""
+
+    def __init__(self, run_dir: str, epochs: int, device: str = "cpu"):
+        if not os.path.isdir(run_dir):
+            raise FileNotFoundError(f"{run_dir}: no such teacher run folder (train it with --save-every-epoch)")
+        self.run_dir, self.device = run_dir, device
+        self.paths = [epoch_checkpoint(run_dir, e) for e in range(1, epochs + 1)]
+        missing = [p for p in self.paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"multi-step distillation over {epochs} epochs needs the teacher's checkpoint "
+                                    f"of every epoch; missing {len(missing)}: {', '.join(missing[:5])}"
+                                    f"{' ...' if len(missing) > 5 else ''}")
+        from ..models.checkpoint import read_checkpoint
+
+        dims = {read_checkpoint(p)["embedding_size"] for p in (self.paths[0], self.paths[-1])}
+        self.dim = int(dims.pop())
+        self.current: Optional[FixedTeacher] = None
+        self.epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        """``epoch`` counts from 0 here (the trainer's loop index): teacher file epoch + 1."""
+        if epoch != self.epoch:
+            from ..models.checkpoint import load
+
+            path = self.paths[epoch]
+            self.current = FixedTeacher(TorchEmbedder(load(path), name=os.path.basename(path), device=self.device))
+            self.epoch = epoch
+            logger.info("multi-step KD: epoch %d distils from %s", epoch + 1, path)
+
+    def embed(self, images_u8, index, flipped, step):
+        assert self.current is not None, "set_epoch first"
+        return self.current.embed(images_u8, index, flipped, step)
+
+
+def build_fixed_teacher(spec: str, arch: Optional[str] = None, input_norm: Optional[str] = None,
+                        device: str = "cpu", threads: Optional[int] = None) -> Embedder:
+    embedder = load_embedder(spec, arch=arch, input_norm=input_norm, device=device, threads=threads)
+    if embedder.embedding_size is None:
+        probe = np.zeros((1, 3, embedder.input_size, embedder.input_size), np.uint8)
+        embedder.embedding_size = int(embedder(probe).shape[1])
+    return embedder
+
+
+def hint_layers_of(pairs: Sequence[Sequence[str]]) -> List[List[str]]:
+    out = []
+    for p in pairs:
+        if len(p) != 2:
+            raise ValueError(f"hint_layers entries are [student_module, teacher_module] pairs, got {p!r}")
+        out.append([str(p[0]), str(p[1])])
+    return out

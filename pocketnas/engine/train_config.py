@@ -1,0 +1,110 @@
+"""What a training run is: one flat dataclass, read from ``train/*.yaml`` and ``--set key=value``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..config import ConfigError
+
+KD_MODES = ("embedding", "multistep", "feature")
+
+
+@dataclass
+class TrainConfig:
+    # network
+    arch: str = "pocketnet_s_128"
+    genotype: Optional[str] = None          # published name, genotype.json, or legacy string; None: the arch's own
+    embedding_size: Optional[int] = None
+    se: bool = False
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # data
+    data: str = ""
+    batch_size: int = 128                   # per process
+    workers: int = 2
+    flip: bool = True
+    max_batches_per_epoch: int = 0          # 0: the whole epoch (small runs and tests cap it)
+    val_bins: List[str] = field(default_factory=list)
+    val_every_epochs: int = 1
+    val_flip: bool = True
+    # loss: margin -> normalised head -> cross-entropy
+    loss: str = "arcface"
+    margin_s: float = 64.0
+    margin_m: Optional[float] = None        # arcface 0.5, cosface 0.35 when unset
+    margin_m1: Optional[float] = None
+    margin_m2: Optional[float] = None
+    margin_m3: Optional[float] = None
+    # optimisation (PocketNet: SGD 0.9, wd 5e-4, lr 0.1 x global batch / 512, x0.1 at epochs 8, 14, 20, 25)
+    epochs: int = 26
+    lr: float = 0.1
+    lr_reference_batch: int = 512
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: List[int] = field(default_factory=lambda: [8, 14, 20, 25])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    grad_clip: float = 5.0
+    # distillation
+    kd: Optional[str] = None                # embedding | multistep | feature
+    teacher: Optional[str] = None           # model spec, or (multistep) a teacher run folder
+    teacher_arch: Optional[str] = None      # for a bare backbone.pth
+    teacher_input_norm: Optional[str] = None  # for an ONNX teacher without pocketnas metadata
+    kd_weight: float = 100.0
+    teacher_cache: bool = True
+    hint_layers: List[List[str]] = field(default_factory=list)  # [[student module, teacher module], ...]
+    hint_weight: float = 1.0
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                        # CUDA only: bf16 (or fp16 with loss scaling) autocast
+    channels_last: bool = True              # faster on CUDA and, measured in bench/train.py, on CPU too
+    compile: str = "auto"                   # torch.compile the backbone: "auto" (runs of >= 300 steps), true, false
+    tune_malloc: bool = True                # glibc mallopt for CPU training (bench/train.py)
+    threads: int = 0                        # CPU threads (0: leave torch's default)
+    log_every: int = 10
+    save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
+    save_every_epoch: bool = False          # keep epochs/epoch_NNN.pt (a multi-step teacher needs them)
+    stop_after_steps: int = 0               # stop (after a checkpoint) at this global step: interruption drills
+
+    def validate(self, source: str = "config") -> None:
+        from ..losses.margins import MARGINS
+        from ..registry import is_model
+
+        if not is_model(self.arch):
+            raise ConfigError(f"{source}: arch {self.arch!r} is not a registered model (see `pocketnas models`)")
+        if self.loss not in MARGINS:
+            raise ConfigError(f"{source}: loss must be one of {', '.join(MARGINS.names())}, got {self.loss!r}")
+        if self.kd is not None and self.kd not in KD_MODES:
+            raise ConfigError(f"{source}: kd must be one of {', '.join(KD_MODES)}, got {self.kd!r}")
+        if self.kd and not self.teacher:
+            raise ConfigError(f"{source}: kd={self.kd} needs a teacher (--teacher or teacher: ...)")
+        if self.kd == "feature" and not self.hint_layers:
+            raise ConfigError(f"{source}: kd=feature needs hint_layers: [[student_module, teacher_module], ...]")
+        for key in ("batch_size", "epochs", "log_every", "lr_reference_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "margin_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: {key} must be positive, got {getattr(self, key)}")
+        if self.workers < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"{source}: workers, weight_decay and grad_clip must not be negative")
+        if str(self.compile).lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ConfigError(f"{source}: milestones must be increasing, got {self.milestones}")
+
+    def margin_kwargs(self) -> Dict[str, Any]:
+        from ..losses.margins import margin_kwargs
+
+        return margin_kwargs(self.loss, {"margin_s": self.margin_s, "margin_m": self.margin_m,
+                                         "margin_m1": self.margin_m1, "margin_m2": self.margin_m2,
+                                         "margin_m3": self.margin_m3})
+
+    def model_overrides(self) -> Dict[str, Any]:
+        out = dict(self.model_kwargs)
+        if self.genotype:
+            out["genotype"] = self.genotype
+        if self.embedding_size:
+            out["embedding_size"] = self.embedding_size
+        if self.se:
+            out["se"] = True
+        return out

@@ -1,0 +1,107 @@
+"""The architecture step of DARTS (Liu et al., ICLR 2019, section 2.3).
+
+First order: alpha <- alpha - lr * grad_alpha L_val(w, alpha).
+
+Second order (eq. 7-8): with the one-step unrolled weights w' = w - xi * grad_w L_train(w, alpha) (the weight
+optimizer's momentum and weight decay included, as pt.darts does),
+
+    grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha)
+
+where the Hessian-vector product is the finite difference
+    (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps),  w+- = w +- eps * grad_w' L_val,
+    eps = 0.01 / |grad_w' L_val|.
+An optional budget term (see :mod:`pocketnas.nas.budget`) adds its gradient to the alphas' gradient.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn as nn
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Architect:
+    def __init__(self, net: nn.Module, loss_fn: LossFn, w_momentum: float, w_weight_decay: float,
+                 alpha_optimizer: torch.optim.Optimizer, order: str = "first",
+                 budget_fn: Optional[Callable[[], torch.Tensor]] = None,
+                 grad_hook: Optional[Callable[[List[nn.Parameter]], None]] = None):
+        if order not in ("first", "second"):
+            raise ValueError(f"order must be 'first' or 'second', not {order!r}")
+        self.net, self.loss_fn = net, loss_fn
+        self.w_momentum, self.w_weight_decay = w_momentum, w_weight_decay
+        self.optimizer = alpha_optimizer
+        self.order = order
+        self.budget_fn = budget_fn
+        self.grad_hook = grad_hook  # e.g. averaging across processes
+        self.v_net: Optional[nn.Module] = None
+
+    def step(self, train_x, train_y, val_x, val_y, xi: float, w_optimizer: torch.optim.Optimizer) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.order == "first":
+            loss = self.loss_fn(self.net, val_x, val_y)
+            loss.backward()
+        else:
+            loss = self._unrolled_backward(train_x, train_y, val_x, val_y, xi, w_optimizer)
+        if self.budget_fn is not None:
+            self.budget_fn().backward()
+        alphas = self.net.alphas()
+        if self.grad_hook is not None:
+            self.grad_hook(alphas)
+        self.optimizer.step()
+        # the weights' gradients from this step must not leak into the weight step
+        for p in self.net.weights():
+            p.grad = None
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ second order
+    def _virtual_step(self, train_x, train_y, xi: float, w_optimizer: torch.optim.Optimizer) -> None:
+        """w' = w - xi * (momentum * buffer + grad + wd * w) into the virtual network."""
+        if self.v_net is None:
+            self.v_net = copy.deepcopy(self.net)
+        loss = self.loss_fn(self.net, train_x, train_y)
+        weights = list(self.net.weights())
+        grads = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            for w, vw, g in zip(weights, self.v_net.weights(), grads):
+                buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
+                m = buf * self.w_momentum if buf is not None else 0.0
+                vw.copy_(w - xi * (m + g + self.w_weight_decay * w))
+            for a, va in zip(self.net.alphas(), self.v_net.alphas()):
+                va.copy_(a)
+            for b, vb in zip(self.net.buffers(), self.v_net.buffers()):
+                vb.copy_(b)
+
+    def _unrolled_backward(self, train_x, train_y, val_x, val_y, xi: float, w_optimizer) -> torch.Tensor:
+        self._virtual_step(train_x, train_y, xi, w_optimizer)
+        assert self.v_net is not None
+        loss = self.loss_fn(self.v_net, val_x, val_y)
+        v_alphas = self.v_net.alphas()
+        v_weights = list(self.v_net.weights())
+        v_grads = torch.autograd.grad(loss, v_alphas + v_weights)
+        d_alpha, d_w = v_grads[:len(v_alphas)], v_grads[len(v_alphas):]
+        hessian = self._hessian_vector(d_w, train_x, train_y)
+        with torch.no_grad():
+            for a, da, h in zip(self.net.alphas(), d_alpha, hessian):
+                a.grad = da - xi * h
+        return loss
+
+    def _hessian_vector(self, dw, train_x, train_y) -> List[torch.Tensor]:
+        norm = torch.cat([g.reshape(-1) for g in dw]).norm()
+        eps = 0.01 / max(float(norm), 1e-12)
+        weights = list(self.net.weights())
+        alphas = self.net.alphas()
+        with torch.no_grad():
+            for p, d in zip(weights, dw):
+                p.add_(d, alpha=eps)
+        d_pos = torch.autograd.grad(self.loss_fn(self.net, train_x, train_y), alphas)
+        with torch.no_grad():
+            for p, d in zip(weights, dw):
+                p.sub_(d, alpha=2 * eps)
+        d_neg = torch.autograd.grad(self.loss_fn(self.net, train_x, train_y), alphas)
+        with torch.no_grad():
+            for p, d in zip(weights, dw):
+                p.add_(d, alpha=eps)
+        return [(p - n) / (2 * eps) for p, n in zip(d_pos, d_neg)]

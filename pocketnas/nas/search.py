@@ -1,0 +1,505 @@
+"""``pocketnas search``: differentiable cell search on face images (DARTS, with PocketNet's space and settings).
+
+Writes into the run folder: ``genotype.json`` (the final derived genotype; ``best_genotype.json`` the one of the
+best validation accuracy), ``genotypes.jsonl`` (one per epoch), ``cells/`` (PNG per epoch and final), ``tb/``
+(scalars and alpha heat maps), ``checkpoint.pt`` (weights, alphas, both optimizers, RNG states, epoch, history;
+written atomically each epoch) and ``log.txt``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from ..config import ConfigError, config_from_dict, config_to_yaml
+from ..data.transforms import normalize
+from ..engine import distributed as dist_utils
+from ..engine.allocator import tune_glibc_malloc
+from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
+from ..engine.trainer import rng_state, set_rng_state
+from ..losses.heads import MarginHead
+from ..losses.margins import MARGINS, build_margin
+from ..models.checkpoint import atomic_torch_save
+from .architect import Architect
+from .budget import build_cost_model, parse_amount
+from .cell_diagram import draw_genotype
+from .genotype import Genotype
+from .space import load_space
+from .supernet import Supernet, count_skips
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchConfig:
+    space: str = "pocketnet"
+    data: str = ""
+    # supernet
+    layers: int = 8
+    channels: int = 16
+    stem_multiplier: int = 3
+    embedding_size: int = 128
+    input_size: int = 112
+    partial_k: int = 1                      # PC-DARTS: 1/k of the channels through the mixed operations
+    plain: bool = False                     # compute every operation, none included (the original formulation)
+    # data
+    batch_size: int = 64
+    workers: int = 2
+    train_portion: float = 0.5
+    flip: bool = True
+    max_batches_per_epoch: int = 0
+    # schedule
+    epochs: int = 50
+    w_lr: float = 0.1
+    w_lr_min: float = 0.004
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    w_grad_clip: float = 5.0
+    alpha_lr: float = 1.2e-3
+    alpha_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    alpha_weight_decay: float = 1e-3
+    order: str = "second"
+    loss: str = "softmax"                   # softmax (linear classifier) or a margin: arcface, cosface, combined
+    margin_s: float = 64.0
+    margin_m: Optional[float] = None
+    # budget: the derived network's cost as a final PocketNet of final_channels x final_layers
+    budget_params: Optional[str] = None     # e.g. 1.0M
+    budget_flops: Optional[str] = None      # e.g. 600M
+    budget_weight: float = 1.0
+    final_channels: int = 16
+    final_layers: int = 18
+    # skip-connection collapse guard
+    max_skips: int = 2                      # at most this many skips in the derived normal cell (-1: no cap)
+    stop_on_skip_rise: bool = True          # stop when the uncapped derivation's skips rise above max_skips
+    # run
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    amp: bool = True                        # CUDA only (bf16)
+    channels_last: bool = True
+    tune_malloc: bool = True
+    log_every: int = 10
+    stop_after_epochs: int = 0              # interruption drills
+
+    def validate(self, source: str = "config") -> None:
+        if self.order not in ("first", "second"):
+            raise ConfigError(f"{source}: order must be first or second, got {self.order!r}")
+        if self.loss != "softmax" and self.loss not in MARGINS:
+            raise ConfigError(f"{source}: loss must be softmax or one of {', '.join(MARGINS.names())}")
+        if not 0 < self.train_portion < 1:
+            raise ConfigError(f"{source}: train_portion must lie in (0, 1), got {self.train_portion}")
+        if self.partial_k < 1 or self.channels % self.partial_k:
+            raise ConfigError(f"{source}: partial_k must divide channels ({self.channels}), got {self.partial_k}")
+        if self.budget_params and self.budget_flops:
+            raise ConfigError(f"{source}: give one budget, params or flops")
+        for key in ("budget_params", "budget_flops"):
+            if getattr(self, key):
+                try:
+                    parse_amount(getattr(self, key))
+                except ValueError as e:
+                    raise ConfigError(f"{source}: {key}: {e}") from None
+        for key in ("layers", "channels", "batch_size", "epochs", "input_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{source}: {key} must be >= 1")
+        if len(self.alpha_betas) != 2:
+            raise ConfigError(f"{source}: alpha_betas must be two numbers")
+
+
+def search_config(space: str, path: Optional[str] = None, overrides=(), extra=None) -> SearchConfig:
+    """The space's defaults, then a config file, then ``extra`` (command-line options), then ``--set``."""
+    from ..config import load_config
+
+    defaults = dict(load_space(space).defaults)
+    cfg = load_config(SearchConfig, path, overrides, {**defaults, **(extra or {}), "space": space})
+    return cfg
+
+
+class SearchModel(nn.Module):
+    """Supernet + classifier; ``weights()`` are everything but the architecture parameters ``alphas()``."""
+
+    def __init__(self, supernet: Supernet, head: nn.Module):
+        super().__init__()
+        self.supernet, self.head = supernet, head
+
+    def alphas(self):
+        return self.supernet.alphas()
+
+    def weights(self):
+        ids = {id(a) for a in self.alphas()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        emb = self.supernet(x)
+        return self.head(emb, y) if isinstance(self.head, MarginHead) else self.head(emb)
+
+
+def stratified_split(labels: np.ndarray, portion: float, seed: int) -> Tuple[List[int], List[int]]:
+    """Per identity, a seeded ``portion`` of its images for the weights, the rest for the alphas (identities with
+    a single image go to the weights). Labels come from the pack's identity records: no image is read."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    for group in np.split(order, bounds):
+        group = rng.permutation(group)
+        k = max(1, int(round(portion * len(group)))) if len(group) > 1 else 1
+        train.extend(group[:k].tolist())
+        val.extend(group[k:].tolist())
+    return sorted(train), sorted(val)
+
+
+def labels_of(faces) -> np.ndarray:
+    labels = faces.labels() if callable(getattr(faces, "labels", None)) else faces.labels
+    return np.asarray(labels, dtype=np.int64)
+
+
+def alpha_entropy(alpha: torch.Tensor) -> float:
+    p = F.softmax(alpha.detach().float(), -1)
+    return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+class Searcher:
+    def __init__(self, cfg: SearchConfig, out_dir: str, resume: bool = False):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.env = dist_utils.setup(cfg.device)
+        if self.env.distributed and cfg.order == "second":
+            raise ConfigError("second-order search runs in one process; use order=first under torchrun")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.tune_malloc and self.env.device.type == "cpu":
+            tune_glibc_malloc()
+        self.space = load_space(cfg.space)
+        state = None
+        if resume:
+            path = os.path.join(out_dir, "checkpoint.pt")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--resume: {path} does not exist")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved = config_from_dict(SearchConfig, state["config"], f"{path} config")
+            changed = [f.name for f in dataclasses.fields(SearchConfig) if getattr(saved, f.name) != getattr(cfg, f.name)
+                       and f.name not in ("workers", "threads", "log_every", "stop_after_epochs", "epochs")]
+            if changed:
+                raise ConfigError(f"--resume: {', '.join(changed)} differ from the checkpoint's search")
+        self._setup_logging()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self._build()
+        self.epoch = 0
+        self.history: Dict[str, Any] = {"epochs": [], "best_val_acc": -1.0, "best_genotype": None,
+                                        "raw_skips": [], "stopped_early": None}
+        if state is not None:
+            self._restore(state)
+
+    def _setup_logging(self) -> None:
+        self.tb = None
+        if not self.env.is_main:
+            return
+        os.makedirs(os.path.join(self.out_dir, "cells"), exist_ok=True)
+        handler = logging.FileHandler(os.path.join(self.out_dir, "log.txt"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+        root = logging.getLogger("pocketnas")
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        self._log_handler = handler
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
+        with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(config_to_yaml(self.cfg))
+
+    def _build(self) -> None:
+        cfg, env = self.cfg, self.env
+        if not cfg.data:
+            raise ConfigError("no search data: pass --data PATH (a RecordIO pack or an image folder)")
+        self.faces = open_face_dataset(cfg.data, cfg.input_size)
+        labels = labels_of(self.faces)
+        self.train_idx, self.val_idx = stratified_split(labels, cfg.train_portion, cfg.seed)
+        samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed)
+        self.samples = samples
+        self.train_set, self.val_set = Subset(samples, self.train_idx), Subset(samples, self.val_idx)
+        self.train_sampler = EpochBatchSampler(len(self.train_idx), cfg.batch_size, cfg.seed, env.rank,
+                                               env.world_size, cfg.max_batches_per_epoch)
+        self.val_sampler = EpochBatchSampler(len(self.val_idx), cfg.batch_size, cfg.seed + 1, env.rank,
+                                             env.world_size, cfg.max_batches_per_epoch)
+        self.steps_per_epoch = min(self.train_sampler.batches, self.val_sampler.batches)
+        supernet = Supernet(self.space, self.faces.num_classes, cfg.channels, cfg.layers, cfg.stem_multiplier,
+                            cfg.embedding_size, cfg.input_size, cfg.partial_k, skip_none=not cfg.plain)
+        if cfg.loss == "softmax":
+            head: nn.Module = nn.Linear(cfg.embedding_size, self.faces.num_classes)
+        else:
+            kw = {"s": cfg.margin_s, **({"m": cfg.margin_m} if cfg.margin_m is not None else {})}
+            head = MarginHead(cfg.embedding_size, self.faces.num_classes, build_margin(cfg.loss, **kw))
+        self.model = SearchModel(supernet, head).to(env.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.cuda = env.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.cuda and cfg.amp and torch.cuda.is_bf16_supported() else None
+        self.w_optim = torch.optim.SGD(self.model.weights(), cfg.w_lr, momentum=cfg.w_momentum,
+                                       weight_decay=cfg.w_weight_decay)
+        self.a_optim = torch.optim.Adam(self.model.alphas(), cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
+                                        weight_decay=cfg.alpha_weight_decay)
+        self.cost_model = None
+        budget_fn = None
+        metric, target = None, None
+        if cfg.budget_params or cfg.budget_flops:
+            metric = "params" if cfg.budget_params else "flops"
+            target = parse_amount(cfg.budget_params or cfg.budget_flops)
+            self.cost_model = build_cost_model(self.space, metric, cfg.final_channels, cfg.final_layers,
+                                               cfg.input_size, cfg.embedding_size)
+            sn = self.model.supernet
+
+            def budget_fn():
+                return self.cost_model.loss(sn.alpha_normal, sn.alpha_reduce, target, cfg.budget_weight)
+
+            logger.info("budget: derived %dx%d PocketNet's %s steered towards %s (weight %.2f)",
+                        cfg.final_channels, cfg.final_layers, metric, f"{target:,.0f}", cfg.budget_weight)
+        self.budget = (metric, target)
+        hook = (lambda params: dist_utils.average_gradients(env, params)) if env.distributed else None
+        self.architect = Architect(self.model, self._loss, cfg.w_momentum, cfg.w_weight_decay, self.a_optim,
+                                   cfg.order, budget_fn, hook)
+        n_w = sum(p.numel() for p in self.model.weights())
+        n_a = sum(p.numel() for p in self.model.alphas())
+        logger.info("search space %s (%d operations), supernet %d cells x %d channels at %dx%d: %s weights, %d "
+                    "alphas; %s-order%s%s; %d train / %d val images of %d identities; %d steps per epoch",
+                    self.space.name, len(self.space.operations), cfg.layers, cfg.channels, cfg.input_size,
+                    cfg.input_size, f"{n_w:,}", n_a, cfg.order,
+                    f", partial channels 1/{cfg.partial_k}" if cfg.partial_k > 1 else "",
+                    ", plain formulation" if cfg.plain else "", len(self.train_idx), len(self.val_idx),
+                    self.faces.num_classes, self.steps_per_epoch)
+
+    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else torch.autocast("cpu",
+                                                                                                enabled=False)
+        with ctx:
+            return F.cross_entropy(model.logits(x, y).float(), y)
+
+    def _to_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(self.env.device, non_blocking=True), "arcface")
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def lr_at(self, epoch: int) -> float:
+        c = self.cfg
+        return c.w_lr_min + (c.w_lr - c.w_lr_min) * (1 + math.cos(math.pi * epoch / c.epochs)) / 2
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> Dict[str, Any]:
+        return {"format": "pocketnas.search_state", "format_version": 1, "config": dataclasses.asdict(self.cfg),
+                "model": self.model.state_dict(), "w_optimizer": self.w_optim.state_dict(),
+                "alpha_optimizer": self.a_optim.state_dict(), "rng": rng_state(), "epoch": self.epoch,
+                "history": json.dumps(self.history), "world_size": self.env.world_size}
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        if state.get("world_size") != self.env.world_size:
+            raise ConfigError("--resume: the search ran on a different number of processes")
+        self.model.load_state_dict(state["model"])
+        self.w_optim.load_state_dict(state["w_optimizer"])
+        self.a_optim.load_state_dict(state["alpha_optimizer"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = json.loads(state["history"])
+        logger.info("resumed after epoch %d", self.epoch)
+
+    # ------------------------------------------------------------------ loop
+    def _loaders(self):
+        kw = dict(num_workers=self.cfg.workers, pin_memory=self.cuda)
+        return (DataLoader(self.train_set, batch_sampler=self.train_sampler, **kw),
+                DataLoader(self.val_set, batch_sampler=self.val_sampler, **kw))
+
+    def run(self) -> Dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg, env = self.cfg, self.env
+        sn = self.model.supernet
+        if self.epoch == 0:
+            self.history["alpha_entropy_start"] = (alpha_entropy(sn.alpha_normal) + alpha_entropy(sn.alpha_reduce)) / 2
+        start = time.perf_counter()
+        while self.epoch < cfg.epochs:
+            lr = self.lr_at(self.epoch)
+            for g in self.w_optim.param_groups:
+                g["lr"] = lr
+            self.samples.set_epoch(self.epoch)
+            self.train_sampler.set_epoch(self.epoch)
+            self.val_sampler.set_epoch(self.epoch)
+            train_loader, val_loader = self._loaders()
+            sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0, "val_acc": 0.0}
+            steps = 0
+            bar = tqdm(zip(train_loader, val_loader), total=self.steps_per_epoch, disable=not env.is_main,
+                       desc=f"search epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+            t_epoch = time.perf_counter()
+            self.model.train()
+            for (tx, ty, _, _), (vx, vy, _, _) in bar:
+                tx, vx = self._to_input(tx), self._to_input(vx)
+                ty, vy = ty.to(env.device), vy.to(env.device)
+                val_loss = self.architect.step(tx, ty, vx, vy, lr, self.w_optim)
+                self.w_optim.zero_grad(set_to_none=True)
+                ctx = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype
+                       else torch.autocast("cpu", enabled=False))
+                with ctx:
+                    logits = self.model.logits(tx, ty).float()
+                loss = F.cross_entropy(logits, ty)
+                loss.backward()
+                dist_utils.average_gradients(env, self.model.weights())
+                nn.utils.clip_grad_norm_(self.model.weights(), cfg.w_grad_clip)
+                self.w_optim.step()
+                with torch.no_grad():
+                    v_logits = self.model.logits(vx, vy).float() if steps % cfg.log_every == 0 else None
+                sums["train_loss"] += float(loss.detach())
+                sums["train_acc"] += float((logits.argmax(1) == ty).float().mean())
+                sums["val_loss"] += val_loss
+                if v_logits is not None:
+                    sums.setdefault("val_acc_n", 0)
+                    sums["val_acc_n"] += 1
+                    sums["val_acc"] += float((v_logits.argmax(1) == vy).float().mean())
+                steps += 1
+                if env.is_main and steps % cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{val_loss:.3f}")
+            bar.close()
+            self.epoch += 1
+            self._end_of_epoch(sums, steps, time.perf_counter() - t_epoch)
+            self._save()
+            if self.history["stopped_early"]:
+                break
+            if cfg.stop_after_epochs and self.epoch >= cfg.stop_after_epochs and self.epoch < cfg.epochs:
+                logger.info("stopping after epoch %d as asked (stop_after_epochs)", self.epoch)
+                self.history["interrupted"] = True
+                return self.history
+        self.history["minutes"] = (time.perf_counter() - start) / 60
+        self._finish()
+        return self.history
+
+    def _end_of_epoch(self, sums: Dict[str, float], steps: int, seconds: float) -> None:
+        cfg = self.cfg
+        sn = self.model.supernet
+        n_acc = max(1, int(sums.pop("val_acc_n", 0)))
+        means = {k: v / max(1, steps) for k, v in sums.items() if k != "val_acc"}
+        means["val_acc"] = sums["val_acc"] / n_acc
+        raw = sn.genotype(None)
+        capped = sn.genotype(cfg.max_skips if cfg.max_skips >= 0 else None)
+        raw_skips = count_skips(raw)
+        entropy = (alpha_entropy(sn.alpha_normal) + alpha_entropy(sn.alpha_reduce)) / 2
+        record = {"epoch": self.epoch, **means, "seconds": seconds, "alpha_entropy": entropy,
+                  "skips_derived": raw_skips, "genotype": capped.to_dict(), "peak_rss_gb": peak_rss_gb()}
+        if self.cost_model is not None:
+            record["expected_cost"] = float(self.cost_model.expected(sn.alpha_normal.detach().double(),
+                                                                     sn.alpha_reduce.detach().double()))
+            record["derived_cost"] = self.cost_model.of_genotype(capped)
+        previous = self.history["raw_skips"][-1] if self.history["raw_skips"] else None
+        self.history["raw_skips"].append(raw_skips)
+        self.history["epochs"].append(record)
+        if means["val_acc"] > self.history["best_val_acc"]:
+            self.history["best_val_acc"] = means["val_acc"]
+            self.history["best_genotype"] = capped.to_dict()
+        if (cfg.stop_on_skip_rise and cfg.max_skips >= 0 and previous is not None and raw_skips > previous
+                and raw_skips > cfg.max_skips):
+            self.history["stopped_early"] = (f"skip connections in the derived normal cell rose from {previous} to "
+                                             f"{raw_skips} (above {cfg.max_skips}) after epoch {self.epoch}: "
+                                             f"stopping early, keeping the previous epoch's genotype")
+            if len(self.history["epochs"]) > 1:
+                self.history["final_genotype"] = self.history["epochs"][-2]["genotype"]
+            logger.warning("%s", self.history["stopped_early"])
+        if not self.env.is_main:
+            return
+        probs = sn.op_probabilities()
+        ops = list(self.space.operations)
+        lines = [f"epoch {self.epoch}/{cfg.epochs} ({seconds:.0f} s): train loss {means['train_loss']:.4f} acc "
+                 f"{100 * means['train_acc']:.2f}%, val loss {means['val_loss']:.4f} acc {100 * means['val_acc']:.2f}%, "
+                 f"alpha entropy {entropy:.4f}, skips in derived normal cell {raw_skips}, peak RSS "
+                 f"{record['peak_rss_gb']:.2f} GB"]
+        if self.cost_model is not None:
+            lines.append(f"  expected {self.cost_model.metric} {record['expected_cost']:,.0f}, derived network "
+                         f"{record['derived_cost']:,.0f} (target {self.budget[1]:,.0f})")
+        lines.append(f"  genotype: {capped.to_legacy()}")
+        for which in ("normal", "reduce"):
+            lines.append(f"  alphas ({which}), softmax per edge over {', '.join(ops)}:")
+            for e, row in enumerate(probs[which].tolist()):
+                lines.append(f"    edge {e:2d}: " + " ".join(f"{v:.3f}" for v in row))
+        logger.info("\n".join(lines))
+        for k, v in means.items():
+            self.tb.add_scalar(f"search/{k}", v, self.epoch)
+        self.tb.add_scalar("search/alpha_entropy", entropy, self.epoch)
+        self.tb.add_scalar("search/skips_derived", raw_skips, self.epoch)
+        if self.cost_model is not None:
+            self.tb.add_scalar(f"search/expected_{self.cost_model.metric}", record["expected_cost"], self.epoch)
+            self.tb.add_scalar(f"search/derived_{self.cost_model.metric}", record["derived_cost"], self.epoch)
+        self.tb.add_figure("alphas", alpha_heatmap(probs, ops), self.epoch)
+        draw_genotype(capped, os.path.join(self.out_dir, "cells"), f"epoch_{self.epoch:03d}_",
+                      f"epoch {self.epoch}")
+        with open(os.path.join(self.out_dir, "genotypes.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"epoch": self.epoch, "val_acc": means["val_acc"], "genotype": capped.to_dict()}) + "\n")
+
+    def _save(self) -> None:
+        if self.env.is_main:
+            atomic_torch_save(self._state(), os.path.join(self.out_dir, "checkpoint.pt"))
+        dist_utils.barrier(self.env)
+
+    def _finish(self) -> None:
+        sn = self.model.supernet
+        final = self.history.get("final_genotype") or self.history["epochs"][-1]["genotype"]
+        self.history["final_genotype"] = final
+        self.history["alpha_entropy_end"] = (alpha_entropy(sn.alpha_normal) + alpha_entropy(sn.alpha_reduce)) / 2
+        if not self.env.is_main:
+            return
+        g = Genotype.from_dict(final)
+        with open(os.path.join(self.out_dir, "genotype.json"), "w", encoding="utf-8") as f:
+            f.write(g.to_json() + "\n")
+        with open(os.path.join(self.out_dir, "best_genotype.json"), "w", encoding="utf-8") as f:
+            f.write(Genotype.from_dict(self.history["best_genotype"]).to_json() + "\n")
+        draw_genotype(g, os.path.join(self.out_dir, "cells"), "final_", "searched")
+        logger.info("final genotype (genotype.json): %s", g.to_legacy())
+        logger.info("alpha entropy %.4f -> %.4f (uniform: %.4f); best val acc %.2f%%",
+                    self.history["alpha_entropy_start"], self.history["alpha_entropy_end"],
+                    math.log(len(self.space.operations)), 100 * self.history["best_val_acc"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            logging.getLogger("pocketnas").removeHandler(handler)
+            handler.close()
+        dist_utils.teardown(self.env)
+
+
+def alpha_heatmap(probs: Dict[str, torch.Tensor], ops: List[str]):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), dpi=100)
+    for ax, which in zip(axes, ("normal", "reduce")):
+        im = ax.imshow(probs[which].numpy(), aspect="auto", cmap="viridis", vmin=0)
+        ax.set_xticks(range(len(ops)))
+        ax.set_xticklabels(ops, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("edge")
+        ax.set_title(f"{which} cell: softmax(alpha)")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def search(cfg: SearchConfig, out_dir: str, resume: bool = False) -> Dict[str, Any]:
+    searcher = Searcher(cfg, out_dir, resume)
+    try:
+        return searcher.run()
+    finally:
+        searcher.close()

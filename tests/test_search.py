@@ -1,0 +1,209 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pocketnas
+from pocketnas.config import ConfigError
+from pocketnas.data import orl_root
+from pocketnas.nas.genotype import Genotype
+from pocketnas.nas.search import SearchConfig, Searcher, search, search_config, stratified_split
+from pocketnas.nas.space import SearchSpaceError, load_space
+from pocketnas.nas.supernet import Supernet, count_skips, derive_genotype
+
+from conftest import REPO
+
+TINY = ["layers=4", "channels=4", "input_size=32", "batch_size=16", "max_batches_per_epoch=2", "workers=0",
+        "threads=1", "epochs=2", "log_every=1", "order=first"]
+
+
+def tiny(*extra, space="pocketnet"):
+    return search_config(space, None, TINY + list(extra), {"data": orl_root()})
+
+
+def test_space_files_validate(tmp_path):
+    for name in ("pocketnet", "darts"):
+        space = load_space(os.path.join(REPO, "search_spaces", f"{name}.yaml"))
+        assert len(space.operations) == 8 and space.nodes == 4 and space.edges_per_cell == 14
+    (tmp_path / "bad.yaml").write_text("name: x\noperations: [max_pool_3x3, dw_conv_9x9]\n")
+    with pytest.raises(SearchSpaceError, match=r"bad.yaml: operations\[1\]: unknown operation 'dw_conv_9x9'"):
+        load_space(str(tmp_path / "bad.yaml"))
+    (tmp_path / "key.yaml").write_text("name: x\noperations: [max_pool_3x3]\nnode: 3\n")
+    with pytest.raises(SearchSpaceError, match="key.yaml: unknown key 'node'; did you mean nodes"):
+        load_space(str(tmp_path / "key.yaml"))
+
+
+def test_stratified_split_by_identity():
+    labels = torch.arange(40).repeat_interleave(10).numpy()
+    train, val = stratified_split(labels, 0.5, seed=0)
+    assert len(train) == len(val) == 200 and not set(train) & set(val)
+    assert all((labels[train] == c).sum() == 5 for c in range(40))
+    assert stratified_split(labels, 0.5, seed=0) == (train, val) != stratified_split(labels, 0.5, seed=1)
+
+
+def test_skipping_none_is_exact():
+    space = load_space("pocketnet")
+    torch.manual_seed(0)
+    a = Supernet(space, 10, channels=4, layers=4, input_size=32, skip_none=True)
+    b = Supernet(space, 10, channels=4, layers=4, input_size=32, skip_none=False)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(a(x), b(x))
+
+
+def test_supernet_runs_at_56_and_partial_channels():
+    space = load_space("pocketnet")
+    net = Supernet(space, 10, channels=8, layers=5, input_size=56, partial_k=4)
+    assert net.final_size == 4 and len(net.alphas()) == 4  # alphas + PC-DARTS edge betas
+    assert net(torch.randn(2, 3, 56, 56)).shape == (2, 128)
+    assert {id(p) for p in net.weights()}.isdisjoint({id(a) for a in net.alphas()})
+
+
+def test_first_order_alphas_get_gradients_and_move(tmp_path):
+    searcher = Searcher(tiny(), str(tmp_path))
+    before = [a.detach().clone() for a in searcher.model.alphas()]
+    history = searcher.run()
+    searcher.close()
+    after = searcher.model.alphas()
+    assert all(not torch.equal(b, a) for b, a in zip(before, after))
+    g = Genotype.from_json(str(tmp_path / "genotype.json"))
+    net = pocketnas.create_model("pocketnet", genotype=g, channels=4, layers=3).eval()
+    assert net(torch.randn(1, 3, 112, 112)).shape == (1, 128)
+    assert (tmp_path / "cells" / "final_normal.png").exists() and (tmp_path / "cells" / "epoch_002_reduce.png").exists()
+    assert any(f.startswith("events.out") for f in os.listdir(tmp_path / "tb"))
+    log = (tmp_path / "log.txt").read_text()
+    assert "alphas (normal), softmax per edge" in log and "genotype: Genotype(" in log
+    assert history["alpha_entropy_start"] > history["alpha_entropy_end"]
+
+
+def test_second_order_matches_exact_hypergradient(tmp_path):
+    """The finite-difference Hessian-vector product of the unrolled step against autograd through the unrolled
+    step, on a smooth supernet (average pooling, PReLUs at slope 1: no kinks, where a finite difference and
+    autograd's almost-everywhere second derivative would legitimately differ)."""
+    from torch.func import functional_call
+
+    space = tmp_path / "smooth.yaml"
+    space.write_text("name: smooth\noperations: [avg_pool_3x3, skip_connect, dw_conv_3x3, dw_conv_1x1, none]\n")
+    cfg = search_config(str(space), None, TINY + ["order=second", "w_weight_decay=0.0", "channels_last=false"],
+                        {"data": orl_root()})
+    searcher = Searcher(cfg, str(tmp_path / "run"))
+    model, arch = searcher.model, searcher.architect
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.fill_(1.0)
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 40, (8,))
+    vx, vy = torch.randn(8, 3, 32, 32), torch.randint(0, 40, (8,))
+    xi = 0.05
+    for a in model.alphas():
+        a.grad = None
+    arch._unrolled_backward(x, y, vx, vy, xi, searcher.w_optim)  # a fresh optimizer: no momentum yet
+    approx = [a.grad.clone() for a in model.alphas()]
+    weight_ids, alpha_ids = {id(q) for q in model.weights()}, {id(q) for q in model.alphas()}
+    params = dict(model.named_parameters())
+    names_w = [n for n, p in params.items() if id(p) in weight_ids]
+    names_a = [n for n, p in params.items() if id(p) in alpha_ids]
+    model.forward = model.logits  # what functional_call runs
+    l_train = F.cross_entropy(functional_call(model, params, (x, y)), y)
+    grads = torch.autograd.grad(l_train, [params[n] for n in names_w], create_graph=True)
+    unrolled = dict(params)
+    for n, g in zip(names_w, grads):
+        unrolled[n] = params[n] - xi * g
+    l_val = F.cross_entropy(functional_call(model, unrolled, (vx, vy)), vy)
+    exact = torch.autograd.grad(l_val, [params[n] for n in names_a])
+    searcher.close()
+    for e, a in zip(exact, approx):
+        assert F.cosine_similarity(e.flatten(), a.flatten(), dim=0) > 0.999
+        assert (e - a).norm() / e.norm() < 0.03
+
+
+def test_second_order_search_runs(tmp_path):
+    history = search(tiny("order=second", "epochs=1"), str(tmp_path))
+    assert history["epochs"][0]["val_loss"] > 0 and (tmp_path / "genotype.json").exists()
+
+
+def test_resume_reproduces_the_alphas(tmp_path):
+    full, broken = str(tmp_path / "full"), str(tmp_path / "broken")
+    search(tiny("epochs=3"), full)
+    assert search(tiny("epochs=3", "stop_after_epochs=2"), broken).get("interrupted")
+    search(tiny("epochs=3"), broken, resume=True)
+    a = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(broken, "checkpoint.pt"), weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert open(os.path.join(full, "genotype.json")).read() == open(os.path.join(broken, "genotype.json")).read()
+
+
+def test_budget_moves_the_derived_cost_toward_the_target(tmp_path):
+    common = ("epochs=3", "alpha_lr=0.05", "budget_weight=5.0", "max_batches_per_epoch=3")
+    free = search(tiny(*common), str(tmp_path / "free"))
+    small = search(tiny(*common, "budget_params=0.5M"), str(tmp_path / "small"))
+    start, end = small["epochs"][0]["expected_cost"], small["epochs"][-1]["expected_cost"]
+    assert end < start  # the expected cost of the derived 16x18 PocketNet falls toward 0.5 M
+    from pocketnas.nas.budget import build_cost_model
+
+    cm = build_cost_model(load_space("pocketnet"), "params", 16, 18)
+    free_cost = cm.of_genotype(Genotype.from_dict(free["final_genotype"]))
+    small_cost = cm.of_genotype(Genotype.from_dict(small["final_genotype"]))
+    assert small_cost < free_cost
+
+
+def test_skip_cap_and_early_stop(tmp_path):
+    space = load_space("pocketnet")
+    skip = space.operations.index("skip_connect")
+    alpha = torch.zeros(14, 8)
+    alpha[:, skip] = 5.0
+    assert count_skips(derive_genotype(space, alpha, torch.zeros(14, 8))) == 8
+    capped = derive_genotype(space, alpha, torch.zeros(14, 8), max_skips=2)
+    assert count_skips(capped) == 2 and all(len(node) == 2 for node in capped.normal)
+    # a search whose derived normal cell suddenly fills with skips stops and keeps the previous genotype
+    run = str(tmp_path)
+    search(tiny("epochs=4", "stop_after_epochs=1"), run)
+    state = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=True)
+    state["model"]["supernet.alpha_normal"][:, skip] = 50.0
+    torch.save(state, os.path.join(run, "checkpoint.pt"))
+    history = search(tiny("epochs=4"), run, resume=True)
+    assert "rose from" in history["stopped_early"] and len(history["epochs"]) == 2
+    assert history["final_genotype"] == history["epochs"][0]["genotype"]
+    assert "stopping early" in open(os.path.join(run, "log.txt")).read()
+
+
+def test_darts_space_search(tmp_path):
+    history = search(tiny("epochs=1", space="darts"), str(tmp_path))
+    ops = {op for node in history["final_genotype"]["normal"] for op, _ in node}
+    assert ops <= set(load_space("darts").operations)
+
+
+def test_search_config_errors():
+    with pytest.raises(ConfigError, match="order must be first or second"):
+        tiny("order=third")
+    with pytest.raises(ConfigError, match="partial_k must divide channels"):
+        tiny("partial_k=3")
+    with pytest.raises(ConfigError, match="budget_params: cannot read 'lots'"):
+        tiny("budget_params=lots")
+
+
+def test_search_command(tmp_path, capsys):
+    from pocketnas.cli import main
+
+    args = ["search", "--space", os.path.join(REPO, "search_spaces", "pocketnet.yaml"), "--data", orl_root(),
+            "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)]
+    assert main(args + ["--set", "epochs=1"]) == 0
+    assert "alpha entropy" in capsys.readouterr().out
+    g = pocketnas.get_genotype(str(tmp_path / "genotype.json"))
+    assert pocketnas.create_model("pocketnet_s_128", genotype=str(tmp_path / "genotype.json")).genotype == g
+
+
+def test_two_process_gloo_search(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "pocketnas.cli", "search", "--data", orl_root(), "--out", str(tmp_path)]
+    for s in TINY + ["epochs=1", "batch_size=8"]:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["world_size"] == 2 and (tmp_path / "genotype.json").exists()

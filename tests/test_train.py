@@ -1,0 +1,181 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import pocketnas
+from pocketnas.cli import main
+from pocketnas.config import ConfigError, config_from_dict, load_config
+from pocketnas.data import orl_root
+from pocketnas.engine.train_config import TrainConfig
+from pocketnas.engine.trainer import train
+
+from conftest import REPO
+
+TINY = dict(arch="pocketnet", model_kwargs={"channels": 4, "layers": 3, "embedding_size": 32}, batch_size=16,
+            workers=0, epochs=2, max_batches_per_epoch=3, lr=0.1, lr_reference_batch=16, milestones=[2],
+            margin_s=32.0, margin_m=0.3, log_every=1, threads=2)
+
+
+def tiny(**kw):
+    return config_from_dict(TrainConfig, {**TINY, "data": orl_root(), **kw})
+
+
+def _weights(run):
+    return torch.load(os.path.join(run, "checkpoint.pt"), weights_only=True)
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("teacher"))
+    train(tiny(model_kwargs={"channels": 8, "layers": 3, "embedding_size": 48}, save_every_epoch=True), run)
+    return run
+
+
+def test_run_writes_everything(tmp_path):
+    history = train(tiny(val_bins=[os.path.join(os.path.dirname(REPO), "shared", "data", "orl", "orl.bin")]),
+                    str(tmp_path))
+    for f in ("checkpoint.pt", "model.pt", "log.txt", "config.yaml"):
+        assert (tmp_path / f).exists(), f
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+    assert len(history["epochs"]) == 2 and history["epochs"][1]["ce"] < history["epochs"][0]["ce"] * 1.5
+    assert 0.5 < history["verification"][2]["orl"] <= 1.0
+    log = (tmp_path / "log.txt").read_text()
+    assert "verification orl after epoch 2" in log and "3 steps per epoch" in log
+    model = pocketnas.load(str(tmp_path / "model.pt"))
+    assert model.embedding_size == 32
+    state = _weights(str(tmp_path))
+    assert state["epoch"] == 2 and state["step"] == 6 and "optimizer" in state and "rng" in state
+
+
+def test_resume_is_bit_exact(tmp_path, tiny_teacher):
+    kd = dict(kd="embedding", teacher=os.path.join(tiny_teacher, "model.pt"), kd_weight=10.0)
+    full = str(tmp_path / "full")
+    train(tiny(**kd), full)
+    broken = str(tmp_path / "broken")
+    history = train(tiny(**kd, stop_after_steps=4, workers=2), broken)  # killed in epoch 2, after its 1st batch
+    assert history["stopped_at_step"] == 4
+    train(tiny(**kd), broken, resume=True)
+    a, b = _weights(full), _weights(broken)
+    _assert_same_state(a["model"], b["model"])
+    assert a["step"] == b["step"] == 6
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert "resumed at epoch 2, batch 1 (global step 4)" in open(os.path.join(broken, "log.txt")).read()
+
+
+def test_resume_refuses_a_different_data_order(tmp_path):
+    run = str(tmp_path)
+    train(tiny(stop_after_steps=2), run)
+    with pytest.raises(ConfigError, match="batch_size differ from the checkpoint's run"):
+        train(tiny(batch_size=8), run, resume=True)
+
+
+def test_onnx_teacher_uses_its_own_normalisation(tmp_path, shared):
+    """SFace takes raw 0..255 RGB; the student takes (x/255-0.5)/0.5. The cached teacher embeddings must equal
+    SFace run directly on the raw pixels of exactly the (possibly flipped) images the student saw."""
+    from pocketnas.data import FolderDataset
+    from pocketnas.engine.sampling import flip_decision
+    from pocketnas.onnx_runtime import cpu_session
+
+    sface = f"{shared}/weights/sface_fp32.onnx"
+    run = tmp_path / "kd"
+    train(tiny(kd="embedding", teacher=sface, teacher_input_norm="raw255", epochs=1, max_batches_per_epoch=2,
+               batch_size=8, lr_reference_batch=8), str(run))
+    log = (run / "log.txt").read_text()
+    assert "input normalisation raw255, 128-d" in log and "a learned linear projection" in log
+    steps = np.fromfile(run / "teacher_cache" / "written_step.i64", dtype=np.int64).reshape(-1, 2)
+    values = np.fromfile(run / "teacher_cache" / "embeddings.f32", dtype=np.float32).reshape(-1, 2, 128)
+    written = np.argwhere(steps >= 0)
+    assert len(written) == 16
+    faces = FolderDataset(orl_root(), train=False)
+    session = cpu_session(sface, 2)
+    for index, flipped in written[:4]:
+        assert bool(flipped) == flip_decision(0, 0, int(index))
+        image = faces.read_uint8(int(index)).astype(np.float32)
+        if flipped:
+            image = image[:, :, ::-1].copy()
+        direct = session.run(None, {"data": image[None]})[0][0]
+        assert np.allclose(values[index, flipped], direct, rtol=1e-4, atol=1e-3)
+
+
+def test_multistep_kd_follows_the_teacher_epochs(tmp_path, tiny_teacher):
+    assert os.path.isfile(os.path.join(tiny_teacher, "epochs", "epoch_001.pt"))
+    run = tmp_path / "student"
+    history = train(tiny(kd="multistep", teacher=tiny_teacher), str(run))
+    log = (run / "log.txt").read_text()
+    assert "epoch 1 distils from" in log and "epoch_001.pt" in log and "epoch 2 distils from" in log
+    assert "epoch_002.pt" in log and "kd" in history["epochs"][0]
+    assert "a learned linear projection" in log  # 32-d student, 48-d teacher
+
+
+def test_multistep_kd_missing_teacher_epoch_fails_up_front(tmp_path, tiny_teacher):
+    with pytest.raises(FileNotFoundError, match=r"needs the teacher's checkpoint of every epoch; missing 1: .*"
+                                                r"epoch_003.pt"):
+        train(tiny(kd="multistep", teacher=tiny_teacher, epochs=3), str(tmp_path / "s"))
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()
+
+
+def test_feature_kd_with_squeeze_excitation(tmp_path, tiny_teacher):
+    run = tmp_path / "feat"
+    history = train(tiny(kd="feature", teacher=os.path.join(tiny_teacher, "model.pt"), se=True, epochs=1,
+                         hint_layers=[["cells.0", "cells.0"], ["cells.1", "cells.2"]]), str(run))
+    log = (run / "log.txt").read_text()
+    assert "cells.0 (16 ch) -> cells.0 (32 ch)" in log and "hint" in history["epochs"][0]
+    model = pocketnas.load(str(run / "model.pt"))
+    assert model.se and any(".se." in k for k in model.state_dict())
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'batchsize'; did you mean batch_size"):
+        config_from_dict(TrainConfig, {"batchsize": 3})
+    with pytest.raises(ConfigError, match="lr must be float, got 'fast'"):
+        config_from_dict(TrainConfig, {"lr": "fast"})
+    with pytest.raises(ConfigError, match="kd=embedding needs a teacher"):
+        config_from_dict(TrainConfig, {"kd": "embedding"})
+    with pytest.raises(ConfigError, match="arch 'pocketnet_x' is not a registered model"):
+        config_from_dict(TrainConfig, {"arch": "pocketnet_x"})
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: expected a mapping"):
+        load_config(TrainConfig, str(tmp_path / "bad.yaml"))
+    cfg = load_config(TrainConfig, os.path.join(REPO, "train", "tiny_orl.yaml"), ["epochs=7", "milestones=[2, 5]"])
+    assert cfg.epochs == 7 and cfg.milestones == [2, 5]
+
+
+@pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(os.path.join(REPO, "train")) if f.endswith(".yaml")))
+def test_every_recipe_is_valid(recipe):
+    cfg = load_config(TrainConfig, os.path.join(REPO, "train", recipe))
+    assert cfg.epochs >= 1
+
+
+def test_train_command(tmp_path, capsys):
+    assert main(["train", "--config", os.path.join(REPO, "train", "tiny_orl.yaml"), "--data", orl_root(),
+                 "--out", str(tmp_path), "--set", "epochs=1", "--set", "max_batches_per_epoch=2"]) == 0
+    assert "trained pocketnet for 1 epochs" in capsys.readouterr().out
+    assert main(["train", "--data", orl_root(), "--out", str(tmp_path / "x"), "--set", "epochz=1"]) == 2
+    assert "unknown key 'epochz'; did you mean epochs" in capsys.readouterr().err
+
+
+def test_two_process_gloo_run(tmp_path):
+    cfg = tmp_path / "ddp.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump({**TINY, "epochs": 1, "batch_size": 8, "lr_reference_batch": 16, "threads": 1}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "pocketnas.cli", "train", "--config", str(cfg), "--data", orl_root(),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = _weights(str(tmp_path / "run"))
+    assert state["world_size"] == 2 and state["step"] == 3
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "on 2 process(es)" in log and "global batch 16" in log
