@@ -77,7 +77,11 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, models=args.models, threads=args.threads, latency=not args.no_latency)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    run_demo(args.out, models=args.models, threads=args.threads, latency=not args.no_latency,
+             pipeline=not args.no_pipeline)
     return 0
 
 
@@ -346,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", nargs="+", help="registry names (default: the four PocketNets)")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--no-latency", action="store_true")
+    s.add_argument("--no-pipeline", action="store_true", help="only build/verify/cost, no search-train-evaluate")
     s.set_defaults(func=_cmd_demo)
     return p
 

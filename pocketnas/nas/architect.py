@@ -27,7 +27,7 @@ class Architect:
     def __init__(self, net: nn.Module, loss_fn: LossFn, w_momentum: float, w_weight_decay: float,
                  alpha_optimizer: torch.optim.Optimizer, order: str = "first",
                  budget_fn: Optional[Callable[[], torch.Tensor]] = None,
-                 grad_hook: Optional[Callable[[List[nn.Parameter]], None]] = None):
+                 grad_hook: Optional[Callable[[List[nn.Parameter]], None]] = None, only_needed_grads: bool = True):
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', not {order!r}")
         self.net, self.loss_fn = net, loss_fn
@@ -36,13 +36,20 @@ class Architect:
         self.order = order
         self.budget_fn = budget_fn
         self.grad_hook = grad_hook  # e.g. averaging across processes
+        # first order: differentiate for the alphas only (no weight gradients are computed just to be dropped)
+        self.only_needed_grads = only_needed_grads
         self.v_net: Optional[nn.Module] = None
 
     def step(self, train_x, train_y, val_x, val_y, xi: float, w_optimizer: torch.optim.Optimizer) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         if self.order == "first":
             loss = self.loss_fn(self.net, val_x, val_y)
-            loss.backward()
+            if self.only_needed_grads:
+                alphas = self.net.alphas()
+                for a, g in zip(alphas, torch.autograd.grad(loss, alphas)):
+                    a.grad = g
+            else:
+                loss.backward()
         else:
             loss = self._unrolled_backward(train_x, train_y, val_x, val_y, xi, w_optimizer)
         if self.budget_fn is not None:

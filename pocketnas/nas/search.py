@@ -349,20 +349,11 @@ class Searcher:
             for (tx, ty, _, _), (vx, vy, _, _) in bar:
                 tx, vx = self._to_input(tx), self._to_input(vx)
                 ty, vy = ty.to(env.device), vy.to(env.device)
-                val_loss = self.architect.step(tx, ty, vx, vy, lr, self.w_optim)
-                self.w_optim.zero_grad(set_to_none=True)
-                ctx = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype
-                       else torch.autocast("cpu", enabled=False))
-                with ctx:
-                    logits = self.model.logits(tx, ty).float()
-                loss = F.cross_entropy(logits, ty)
-                loss.backward()
-                dist_utils.average_gradients(env, self.model.weights())
-                nn.utils.clip_grad_norm_(self.model.weights(), cfg.w_grad_clip)
-                self.w_optim.step()
+                val_loss, loss, logits = search_step(self.model, self.architect, self.w_optim, tx, ty, vx, vy, lr,
+                                                     cfg.w_grad_clip, env, self.amp_dtype)
                 with torch.no_grad():
                     v_logits = self.model.logits(vx, vy).float() if steps % cfg.log_every == 0 else None
-                sums["train_loss"] += float(loss.detach())
+                sums["train_loss"] += float(loss)
                 sums["train_acc"] += float((logits.argmax(1) == ty).float().mean())
                 sums["val_loss"] += val_loss
                 if v_logits is not None:
@@ -477,6 +468,33 @@ class Searcher:
             logging.getLogger("pocketnas").removeHandler(handler)
             handler.close()
         dist_utils.teardown(self.env)
+
+
+def search_step(model: SearchModel, architect: Architect, w_optim: torch.optim.Optimizer, tx, ty, vx, vy,
+                lr: float, grad_clip: float, env=None, amp_dtype=None):
+    """One DARTS step: the architecture step on a validation batch (first or second order), then the weight step
+    on a training batch (gradients averaged across processes, norm-clipped). Returns (val loss, train loss, logits)."""
+    val_loss = architect.step(tx, ty, vx, vy, lr, w_optim)
+    w_optim.zero_grad(set_to_none=True)
+    ctx = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else torch.autocast("cpu", enabled=False)
+    freeze = architect.only_needed_grads
+    if freeze:  # the weight step needs no alpha gradients: skip their reductions in the backward pass
+        for a in model.alphas():
+            a.requires_grad_(False)
+    try:
+        with ctx:
+            logits = model.logits(tx, ty).float()
+        loss = F.cross_entropy(logits, ty)
+        loss.backward()
+    finally:
+        if freeze:
+            for a in model.alphas():
+                a.requires_grad_(True)
+    if env is not None:
+        dist_utils.average_gradients(env, model.weights())
+    nn.utils.clip_grad_norm_(model.weights(), grad_clip)
+    w_optim.step()
+    return val_loss, loss.detach(), logits.detach()
 
 
 def alpha_heatmap(probs: Dict[str, torch.Tensor], ops: List[str]):
