@@ -29,20 +29,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(spec: str, arch: Optional[str]):
-    from .models.checkpoint import load
-    from .registry import create_model
-
-    if os.path.exists(spec):
-        return load(spec, arch=arch)
-    return create_model(spec)
-
-
 def _cmd_info(args: argparse.Namespace) -> int:
     from .evaluation.cost import cost_report, format_cost_table
+    from .models.checkpoint import load_model
     from .nas.cell_diagram import draw_genotype
 
-    model = _build(args.model, args.arch)
+    model = load_model(args.model, args.arch)
     name = getattr(model, "pocketnas_arch", args.model)
     report = cost_report(model, name, latency=not args.no_latency, threads=args.threads)
     print(format_cost_table([report]))
@@ -138,13 +130,73 @@ def _cmd_train(args: argparse.Namespace) -> int:
              "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm}
     if args.save_every_epoch:
         extra["save_every_epoch"] = True
-    cfg = load_config(TrainConfig, args.config, args.set or [], extra)
+    defaults = None
+    state_path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and not args.config and os.path.isfile(state_path):
+        import torch
+
+        defaults = torch.load(state_path, map_location="cpu", weights_only=True)["config"]  # the run's own config
+    cfg = load_config(TrainConfig, args.config, args.set or [], extra, defaults)
     history = train(cfg, args.out, resume=args.resume)
     if "stopped_at_step" not in history:
         print(f"trained {cfg.arch} for {cfg.epochs} epochs in {history['minutes']:.1f} min: "
               f"{os.path.join(args.out, 'model.pt')}")
         for epoch, accs in history["verification"].items():
             print(f"  epoch {epoch}: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in accs.items()))
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .compress import run as crun
+    from .compress.prune import METHODS
+    from .models.checkpoint import load_model
+
+    model = load_model(args.model, args.arch, args.pretrained)
+    if args.sweep:
+        methods = args.methods or list(METHODS)
+        rows = crun.sweep(model, methods, args.rates, args.data, args.out, args.finetune_epochs, args.teacher,
+                          args.bin, args.set or [], export=not args.no_export)
+        print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
+        print(f"wrote {os.path.join(args.out, 'sweep.md')}, sweep.json" + (", sweep.png" if args.bin else ""))
+        return 0
+    if not args.method or args.rate is None:
+        raise ValueError("give --method and --rate (or --sweep)")
+    r = crun.prune_one(model, args.method, args.rate, args.data, args.out, args.finetune_epochs, args.teacher,
+                       args.bin, args.set or [], export=not args.no_export)
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f} %"
+
+    print(f"{args.method} at rate {args.rate:g}: achieved {r['achieved_rate']:.3f} (counting zeros: "
+          f"{r['remaining']:,} of {r['prunable']:,} prunable weights left; whole model {r['model_rate']:.2f}); "
+          f"left dense: {', '.join(r['dense'])}")
+    print(f"accuracy: before {pct(r['accuracy_before'])}, pruned {pct(r['accuracy_pruned'])}, fine-tuned "
+          f"{pct(r['accuracy_finetuned'])}; model: {r['model']}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .compress import run as crun
+    from .models.checkpoint import load_model
+
+    model = load_model(args.model, args.arch, args.pretrained)
+    r = crun.export_model(model, args.format, args.out, args.calib, args.bin, args.int8_mode, args.opset)
+    p = r["parity"]
+    print(f"wrote {r['path']} ({args.format}); parity with PyTorch on {p.get('images', 64)} face crops: max abs "
+          f"diff {p['max_abs_diff']:.2e}, min cosine {p['min_cosine']:.7f}")
+    for key in ("fp32", "int8"):
+        if key in r:
+            c = r[key]
+            print(f"  {key}: {c['size_mb']:.2f} MB ({c['gzip_mb']:.2f} gzipped), ONNX Runtime batch 1: "
+                  f"{c['latency_ms_1thread']:.1f} ms (1 thread), {c['latency_ms_2threads']:.1f} ms (2 threads)")
+    if "int8_vs_fp32" in r:
+        print(f"  int8 ({r['int8_mode']}) against PyTorch: mean cosine {r['int8_vs_fp32']['mean_cosine']:.5f}")
+    for k, v in r.get("verification", {}).items():
+        print(f"  {v['set']} accuracy, {k}: {100 * v['accuracy_mean']:.2f} % +- {100 * v['accuracy_std']:.2f}")
+    if args.json:
+        from .evaluation.run import write_json
+
+        write_json(args.json, r)
     return 0
 
 
@@ -345,6 +397,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json")
     s.set_defaults(func=_cmd_eval)
 
+    s = sub.add_parser("prune", help="unstructured pruning at a compression rate, fine-tuning, sweeps")
+    s.add_argument("--model", required=True, help="pocketnas checkpoint, registry name (--pretrained) or backbone.pth")
+    s.add_argument("--arch")
+    s.add_argument("--pretrained")
+    s.add_argument("--method", choices=["global_weight", "layer_weight", "global_grad", "layer_grad", "random"])
+    s.add_argument("--rate", type=float, help="compression rate: prunable parameters / remaining non-zeros")
+    s.add_argument("--data", required=True, help="face data for gradient scores and fine-tuning")
+    s.add_argument("--out", required=True)
+    s.add_argument("--finetune-epochs", type=int, default=0)
+    s.add_argument("--teacher", help="distil from this model while fine-tuning (e.g. the unpruned checkpoint)")
+    s.add_argument("--bin", help="a .bin set to report verification accuracy on")
+    s.add_argument("--sweep", action="store_true", help="every --methods at every --rates, as a table and a plot")
+    s.add_argument("--methods", nargs="+", choices=["global_weight", "layer_weight", "global_grad", "layer_grad",
+                                                    "random"])
+    s.add_argument("--rates", nargs="+", type=float, default=[2, 4, 8, 16])
+    s.add_argument("--no-export", action="store_true", help="skip the ONNX export and its cost")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fine-tuning settings (train config keys)")
+    s.set_defaults(func=_cmd_prune)
+
+    s = sub.add_parser("export", help="ONNX (checked against PyTorch on face crops), int8, TorchScript")
+    s.add_argument("--model", required=True)
+    s.add_argument("--arch")
+    s.add_argument("--pretrained")
+    s.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
+    s.add_argument("--out", required=True)
+    s.add_argument("--calib", help="face crops for the parity check and int8 calibration (folder, pack or .bin; "
+                   "default: the bundled faces)")
+    s.add_argument("--bin", help="report verification accuracy of PyTorch, fp32 and int8 on this .bin")
+    s.add_argument("--int8-mode", choices=["static", "dynamic"], default="static")
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--json")
+    s.set_defaults(func=_cmd_export)
+
     s = sub.add_parser("demo", help="the main job on the bundled ORL faces")
     s.add_argument("--out", default="pocketnas_demo")
     s.add_argument("--models", nargs="+", help="registry names (default: the four PocketNets)")
@@ -359,6 +444,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from .compress.deploy import ExportError
     from .config import ConfigError
     from .data.errors import DataFormatError
     from .models.checkpoint import CheckpointError
@@ -366,7 +452,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return args.func(args)
-    except (CheckpointError, GenotypeError, DataFormatError, ConfigError, FileNotFoundError, KeyError,
+    except (CheckpointError, GenotypeError, DataFormatError, ConfigError, ExportError, FileNotFoundError, KeyError,
             ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"pocketnas {args.command}: error: {msg}", file=sys.stderr)

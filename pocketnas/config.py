@@ -99,9 +99,10 @@ def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
 
 
 def load_config(cls: Type[C], path: Optional[str] = None, overrides: Iterable[str] = (),
-                extra: Optional[Dict[str, Any]] = None) -> C:
-    """``cls`` from the YAML file ``path`` (optional), then ``extra`` values, then ``--set`` overrides."""
-    data: Dict[str, Any] = {}
+                extra: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None) -> C:
+    """``cls`` from ``defaults``, then the YAML file ``path`` (optional), then ``extra`` values (command-line
+    options; None means not given), then ``--set`` overrides: each later source wins."""
+    data: Dict[str, Any] = dict(defaults or {})
     source = path or "defaults"
     if path:
         if not os.path.isfile(path):

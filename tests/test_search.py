@@ -178,6 +178,12 @@ def test_darts_space_search(tmp_path):
     assert ops <= set(load_space("darts").operations)
 
 
+def test_config_file_beats_space_defaults_and_set_beats_both(tmp_path):
+    (tmp_path / "s.yaml").write_text("channels: 8\ninput_size: 56\nepochs: 6\n")
+    cfg = search_config("pocketnet", str(tmp_path / "s.yaml"), ["epochs=3"], {"data": "x", "budget_params": None})
+    assert (cfg.channels, cfg.input_size, cfg.epochs, cfg.layers, cfg.alpha_lr) == (8, 56, 3, 8, 0.0012)
+
+
 def test_search_config_errors():
     with pytest.raises(ConfigError, match="order must be first or second"):
         tiny("order=third")

@@ -166,6 +166,12 @@ def test_train_command(tmp_path, capsys):
     assert main(["train", "--config", os.path.join(REPO, "train", "tiny_orl.yaml"), "--data", orl_root(),
                  "--out", str(tmp_path), "--set", "epochs=1", "--set", "max_batches_per_epoch=2"]) == 0
     assert "trained pocketnet for 1 epochs" in capsys.readouterr().out
+    # a resume needs nothing but the run folder: the checkpoint's own configuration is the base
+    assert main(["train", "--config", os.path.join(REPO, "train", "tiny_orl.yaml"), "--data", orl_root(),
+                 "--out", str(tmp_path / "r"), "--set", "epochs=2", "--set", "max_batches_per_epoch=2",
+                 "--set", "stop_after_steps=3"]) == 0
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--set", "stop_after_steps=0"]) == 0
+    assert "resumed at epoch 2, batch 1 (global step 3)" in (tmp_path / "r" / "log.txt").read_text()
     assert main(["train", "--data", orl_root(), "--out", str(tmp_path / "x"), "--set", "epochz=1"]) == 2
     assert "unknown key 'epochz'; did you mean epochs" in capsys.readouterr().err
 

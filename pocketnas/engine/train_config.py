@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from ..config import ConfigError
 
@@ -57,7 +57,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True                        # CUDA only: bf16 (or fp16 with loss scaling) autocast
     channels_last: bool = True              # faster on CUDA and, measured in bench/train.py, on CPU too
-    compile: str = "auto"                   # torch.compile the backbone: "auto" (runs of >= 300 steps), true, false
+    compile: Union[bool, str] = "auto"      # torch.compile the backbone: "auto" (runs of >= 300 steps), true, false
     tune_malloc: bool = True                # glibc mallopt for CPU training (bench/train.py)
     threads: int = 0                        # CPU threads (0: leave torch's default)
     log_every: int = 10

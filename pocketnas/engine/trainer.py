@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, config_from_dict, config_to_yaml
+from ..config import ConfigError, config_from_dict
 from ..data.transforms import normalize
 from ..losses.distill import EmbeddingKD, HintKD
 from ..losses.heads import MarginHead
@@ -32,6 +32,7 @@ from ..models.features import FeatureTap, feature_channels
 from ..registry import create_model
 from . import distributed as dist_utils
 from .allocator import tune_glibc_malloc
+from .runlog import close_run_log, open_run_log
 from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from .teachers import (FixedTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, hint_layers_of,
                        teacher_identity)
@@ -86,8 +87,12 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False):
+    """``backbone``: an already built network to train instead of ``cfg.arch`` (e.g. a pruned one to fine-tune;
+    its pruning masks hold through training)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None):
         self.cfg, self.out_dir = cfg, out_dir
+        self._given_backbone = backbone
         self.env = dist_utils.setup(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -115,28 +120,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup_logging(self) -> None:
-        self.tb = None
+        self.tb, self._log_handler = None, None
         if not self.env.is_main:
             return
-        os.makedirs(self.out_dir, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(self.out_dir, "log.txt"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-        root = logging.getLogger("pocketnas")
-        root.addHandler(handler)
-        if root.level == logging.NOTSET or root.level > logging.INFO:
-            root.setLevel(logging.INFO)
-        self._log_handler = handler
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
-        with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(config_to_yaml(self.cfg))
+        self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
 
     def _build(self) -> None:
         cfg, env = self.cfg, self.env
         if not cfg.data:
             raise ConfigError("no training data: pass --data PATH (a RecordIO pack or an image folder)")
-        self.backbone = create_model(cfg.arch, **cfg.model_overrides())
+        self.backbone = (self._given_backbone if self._given_backbone is not None
+                         else create_model(cfg.arch, **cfg.model_overrides()))
         input_size = int(getattr(self.backbone, "input_size", 112))
         self.faces = open_face_dataset(cfg.data, input_size)
         self.samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed)
@@ -383,17 +377,13 @@ class Trainer:
         return out
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        handler = getattr(self, "_log_handler", None)
-        if handler is not None:
-            logging.getLogger("pocketnas").removeHandler(handler)
-            handler.close()
+        close_run_log(self.tb, self._log_handler)
         dist_utils.teardown(self.env)
 
 
-def train(cfg: TrainConfig, out_dir: str, resume: bool = False) -> Dict[str, Any]:
-    trainer = Trainer(cfg, out_dir, resume)
+def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None
+          ) -> Dict[str, Any]:
+    trainer = Trainer(cfg, out_dir, resume, backbone)
     try:
         return trainer.fit()
     finally:

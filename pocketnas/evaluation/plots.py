@@ -24,54 +24,44 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "ROC") -> str:
-    """TAR against FAR (log scale) for each named (fpr, tpr) curve."""
+def _curves(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str, det: bool) -> str:
+    """ROC (TAR against FAR) or DET (FRR against FAR) curves on log axes; a curve with nothing to show on them (a
+    perfectly separable set) is named in the picture instead of breaking the plot."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     drawn = 0
     for name, (fpr, tpr) in curves.items():
-        fpr = np.asarray(fpr)
-        keep = fpr > 0
+        fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+        y = 1 - tpr if det else tpr
+        keep = (fpr > 0) & (y > 0) if det else fpr > 0
         if keep.any():
-            ax.plot(fpr[keep], np.asarray(tpr)[keep], label=name, lw=1.6)
+            ax.plot(fpr[keep], y[keep], label=name, lw=1.6)
             drawn += 1
         else:
-            ax.text(0.5, 0.5 - 0.08 * drawn, f"{name}: no false accept at any threshold", transform=ax.transAxes,
-                    ha="center")
+            what = "errors of one kind only (separable)" if det else "no false accept at any threshold"
+            ax.text(0.5, 0.5 - 0.08 * drawn, f"{name}: {what}", transform=ax.transAxes, ha="center")
     if drawn:
         ax.set_xscale("log")
-        ax.legend(loc="lower right", fontsize=8)
+        if det:
+            ax.set_yscale("log")
+        ax.legend(loc="upper right" if det else "lower right", fontsize=8)
     ax.set_xlabel("false accept rate (FAR)")
-    ax.set_ylabel("true accept rate (TAR)")
-    ax.set_ylim(0, 1.01)
+    ax.set_ylabel("false reject rate (FRR)" if det else "true accept rate (TAR)")
+    if not det:
+        ax.set_ylim(0, 1.01)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "ROC") -> str:
+    """TAR against FAR (log scale) for each named (fpr, tpr) curve."""
+    return _curves(curves, path, title, det=False)
 
 
 def plot_det(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "DET") -> str:
     """False reject rate against false accept rate, both on log scales."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    drawn = 0
-    for name, (fpr, tpr) in curves.items():
-        fpr, fnr = np.asarray(fpr), 1 - np.asarray(tpr)
-        keep = (fpr > 0) & (fnr > 0)
-        if keep.any():
-            ax.plot(fpr[keep], fnr[keep], label=name, lw=1.6)
-            drawn += 1
-        else:
-            ax.text(0.5, 0.5 - 0.08 * drawn, f"{name}: errors of one kind only (separable)", transform=ax.transAxes,
-                    ha="center")
-    if drawn:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("false accept rate (FAR)")
-    ax.set_ylabel("false reject rate (FRR)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title)
-    return _save(fig, path)
+    return _curves(curves, path, title, det=True)
 
 
 def plot_tradeoff(points: Sequence[Dict[str, object]], path: str, metric_label: str = "LFW accuracy (%)") -> str:

@@ -107,11 +107,24 @@ def atomic_torch_save(obj: Any, path: str) -> None:
         raise
 
 
+def plain_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The state dict with pruning masks folded in (``weight_orig * weight_mask`` saved as ``weight``), so a pruned
+    model saves with the same keys as its architecture."""
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    for key in [k for k in state if k.endswith(".weight_orig")]:
+        base = key[: -len("_orig")]
+        mask = state.pop(base + "_mask", None)
+        orig = state.pop(key)
+        state[base] = orig * mask if mask is not None else orig
+    own_order = [k.replace("weight_orig", "weight") for k in model.state_dict() if not k.endswith("weight_mask")]
+    return {k: state[k].clone() for k in own_order}
+
+
 def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Save ``model`` as a self-describing pocketnas checkpoint (atomically); returns the record written."""
     from .. import __version__
 
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    state = plain_state_dict(model)
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -127,7 +140,7 @@ def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None) -> 
 
 def save_release_state_dict(model: nn.Module, path: str) -> None:
     """Write a bare state dict in the original release's key layout (what its ``backbone.pth`` files are)."""
-    atomic_torch_save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, path)
+    atomic_torch_save(plain_state_dict(model), path)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -258,6 +271,18 @@ def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
         raise CheckpointError(f"{path} is a bare state dict with no architecture recorded ({hint}); load it with "
                               f"pocketnas.load(path, arch=NAME) or create_model(NAME, pretrained=path)")
     return create_model(arch, pretrained=path, **overrides).eval()
+
+
+def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None) -> nn.Module:
+    """A model from a file (pocketnas checkpoint, or a bare state dict with ``arch``) or a registry name (with
+    optional ``pretrained`` weights), in eval mode."""
+    from ..registry import create_model, is_model
+
+    if os.path.exists(spec):
+        return load(spec, arch=arch)
+    if is_model(spec):
+        return create_model(spec, pretrained=pretrained).eval()
+    raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
 
 
 def registered_weights_path(name: str, cfg: Any) -> str:

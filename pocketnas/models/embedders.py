@@ -83,20 +83,14 @@ def load_embedder(spec: str, arch: Optional[str] = None, pretrained: Optional[st
                   input_norm: Optional[str] = None, device: str = "cpu", threads: Optional[int] = None) -> Embedder:
     """A registry name (with ``pretrained``), a pocketnas checkpoint, a bare ``backbone.pth`` (with ``arch``), or an
     ``.onnx`` file (normalisation from its metadata or ``input_norm``)."""
-    from ..models.checkpoint import load
-    from ..registry import create_model, is_model
+    from ..models.checkpoint import load_model
 
     if str(spec).endswith(".onnx"):
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"{spec}: no such ONNX model")
         return OnnxEmbedder(spec, input_norm, threads)
-    if os.path.exists(spec):
-        model = load(spec, arch=arch)
-        return TorchEmbedder(model, name=os.path.basename(spec), input_norm=input_norm, device=device)
-    if is_model(spec):
-        return TorchEmbedder(create_model(spec, pretrained=pretrained), name=spec, input_norm=input_norm,
-                             device=device)
-    raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
+    name = os.path.basename(spec) if os.path.exists(spec) else spec
+    return TorchEmbedder(load_model(spec, arch, pretrained), name=name, input_norm=input_norm, device=device)
 
 
 def embed_images(embedder: Embedder, images: np.ndarray, batch_size: int = 64, flip: bool = True,

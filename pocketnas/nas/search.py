@@ -24,10 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..config import ConfigError, config_from_dict, config_to_yaml
+from ..config import ConfigError, config_from_dict
 from ..data.transforms import normalize
 from ..engine import distributed as dist_utils
 from ..engine.allocator import tune_glibc_malloc
+from ..engine.runlog import close_run_log, open_run_log
 from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from ..engine.trainer import rng_state, set_rng_state
 from ..losses.heads import MarginHead
@@ -122,9 +123,8 @@ def search_config(space: str, path: Optional[str] = None, overrides=(), extra=No
     """The space's defaults, then a config file, then ``extra`` (command-line options), then ``--set``."""
     from ..config import load_config
 
-    defaults = dict(load_space(space).defaults)
-    cfg = load_config(SearchConfig, path, overrides, {**defaults, **(extra or {}), "space": space})
-    return cfg
+    defaults = {**load_space(space).defaults, "space": space}
+    return load_config(SearchConfig, path, overrides, extra, defaults)
 
 
 class SearchModel(nn.Module):
@@ -209,22 +209,11 @@ class Searcher:
             self._restore(state)
 
     def _setup_logging(self) -> None:
-        self.tb = None
+        self.tb, self._log_handler = None, None
         if not self.env.is_main:
             return
         os.makedirs(os.path.join(self.out_dir, "cells"), exist_ok=True)
-        handler = logging.FileHandler(os.path.join(self.out_dir, "log.txt"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-        root = logging.getLogger("pocketnas")
-        root.addHandler(handler)
-        if root.level == logging.NOTSET or root.level > logging.INFO:
-            root.setLevel(logging.INFO)
-        self._log_handler = handler
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
-        with open(os.path.join(self.out_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(config_to_yaml(self.cfg))
+        self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
 
     def _build(self) -> None:
         cfg, env = self.cfg, self.env
@@ -461,12 +450,7 @@ class Searcher:
                     math.log(len(self.space.operations)), 100 * self.history["best_val_acc"])
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        handler = getattr(self, "_log_handler", None)
-        if handler is not None:
-            logging.getLogger("pocketnas").removeHandler(handler)
-            handler.close()
+        close_run_log(self.tb, self._log_handler)
         dist_utils.teardown(self.env)
 
 

@@ -1,0 +1,195 @@
+"""``pocketnas prune`` and ``pocketnas export``: the compression study as one command, and shippable files."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data.transforms import normalize
+from ..models.checkpoint import load, save
+from ..models.embedders import TorchEmbedder
+from .prune import METHODS, gradient_scores, make_permanent, prune_model, sparsity
+
+logger = logging.getLogger(__name__)
+
+
+def verification_accuracy(model: nn.Module, bin_path: Optional[str], flip: bool = False) -> Optional[float]:
+    if not bin_path:
+        return None
+    from ..evaluation.run import verify_bins
+
+    stem = os.path.splitext(os.path.basename(bin_path))[0]
+    return verify_bins(TorchEmbedder(model), [bin_path], flip=flip, progress=False)[stem]["accuracy_mean"]
+
+
+def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, batch_size: int = 32,
+                     seed: int = 0):
+    """A few labelled, normalised batches of faces for gradient-based importance scores."""
+    from ..engine.sampling import open_face_dataset
+    from ..nas.search import labels_of
+
+    faces = open_face_dataset(data, input_size)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(faces), min(len(faces), batches * batch_size), replace=False)
+    out = []
+    for start in range(0, len(pick), batch_size):
+        chunk = pick[start:start + batch_size]
+        images = np.stack([faces.sample_uint8(int(i))[0] for i in chunk])
+        labels = torch.as_tensor([faces.sample_uint8(int(i))[1] for i in chunk])
+        out.append((normalize(torch.as_tensor(images), norm), labels))
+    return out, faces.num_classes, labels_of(faces)
+
+
+def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: str, finetune_epochs: int = 0,
+              teacher: Optional[str] = None, bin_path: Optional[str] = None, finetune_overrides: Sequence[str] = (),
+              grad_batches: int = 8, seed: int = 0, export: bool = False) -> Dict[str, Any]:
+    """Prune a copy of ``model`` with ``method`` to ``rate``, fine-tune with the masks held (optionally with KD
+    from ``teacher``), make the masks permanent, and report compression by counting zeros and accuracy before,
+    after pruning and after fine-tuning."""
+    from ..config import load_config
+    from ..engine.train_config import TrainConfig
+    from ..engine.trainer import train
+
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    norm = model.pocketnas_cfg.input_norm
+    size = int(getattr(model, "input_size", 112))
+    report: Dict[str, Any] = {"method": method, "rate": rate, "accuracy_before": verification_accuracy(model, bin_path)}
+    pruned = copy.deepcopy(model).eval()
+    scores = None
+    if method.endswith("grad"):
+        batches, classes, _ = gradient_batches(data, size, norm, grad_batches, seed=seed)
+        scores = gradient_scores(pruned, batches, classes)
+    sp = prune_model(pruned, method, rate, scores, seed)
+    report["accuracy_pruned"] = verification_accuracy(pruned, bin_path)
+    if finetune_epochs:
+        extra = {"data": data, "epochs": finetune_epochs, "arch": getattr(model, "pocketnas_arch", "pocketnet")}
+        if teacher:
+            extra.update(kd="embedding", teacher=teacher)
+        cfg = load_config(TrainConfig, None, ["lr=0.01", "milestones=[]", "compile=false", "warmup_epochs=0",
+                                              *finetune_overrides], extra)
+        pruned.train()
+        train(cfg, os.path.join(out_dir, "finetune"), backbone=pruned)
+        pruned.eval()
+    make_permanent(pruned)
+    final = sparsity(pruned)
+    path = os.path.join(out_dir, "model.pt")
+    save(pruned, path, meta={"pruning": {"method": method, "rate": rate, "achieved": final.compression}})
+    report.update(
+        achieved_rate=final.compression, model_rate=final.model_compression, prunable=final.prunable,
+        remaining=final.prunable_nonzero, dense=final.dense, masks_held=abs(final.compression - sp.compression) < 1e-6,
+        accuracy_finetuned=verification_accuracy(pruned, bin_path) if finetune_epochs else None,
+        finetune_epochs=finetune_epochs, model=path, seconds=time.perf_counter() - t0)
+    if export:
+        from .deploy import export_checked, face_crops, file_cost
+
+        onnx_path = os.path.join(out_dir, "model.onnx")
+        export_checked(pruned, onnx_path, face_crops(None, 32, size))
+        report["onnx"] = file_cost(onnx_path)
+    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def sweep(model: nn.Module, methods: Sequence[str], rates: Sequence[float], data: str, out_dir: str,
+          finetune_epochs: int = 0, teacher: Optional[str] = None, bin_path: Optional[str] = None,
+          finetune_overrides: Sequence[str] = (), export: bool = True) -> List[Dict[str, Any]]:
+    """Every method at every rate; writes ``sweep.md`` (method x rate -> accuracy, size, latency), ``sweep.json``
+    and ``sweep.png``."""
+    from ..evaluation.plots import _plt, _save
+
+    base = verification_accuracy(model, bin_path)
+    rows = []
+    for method in methods:
+        for rate in rates:
+            r = prune_one(model, method, rate, data, os.path.join(out_dir, f"{method}_x{rate:g}"), finetune_epochs,
+                          teacher, None, finetune_overrides, export=export)
+            r["accuracy_before"] = base
+            target = r
+            if bin_path:
+                pruned = load(r["model"])
+                target["accuracy_final"] = verification_accuracy(pruned, bin_path)
+            rows.append(target)
+            logger.info("%s x%g: achieved %.2f, accuracy %s", method, rate, r["achieved_rate"],
+                        target.get("accuracy_final"))
+    with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"baseline_accuracy": base, "rows": rows}, f, indent=2)
+    lines = [f"Baseline accuracy: {100 * base:.2f} %" if base is not None else "Baseline accuracy: -", "",
+             "| method | rate | achieved | accuracy % | ONNX MB | gzip MB | ORT ms (1 thr) | ORT ms (2 thr) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = r.get("accuracy_final")
+        o = r.get("onnx", {})
+        lines.append(f"| {r['method']} | {r['rate']:g} | {r['achieved_rate']:.2f} | "
+                     f"{'-' if acc is None else f'{100 * acc:.2f}'} | {o.get('size_mb', float('nan')):.2f} | "
+                     f"{o.get('gzip_mb', float('nan')):.2f} | {o.get('latency_ms_1thread', float('nan')):.1f} | "
+                     f"{o.get('latency_ms_2threads', float('nan')):.1f} |")
+    with open(os.path.join(out_dir, "sweep.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    if bin_path:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
+        for method in methods:
+            pts = [(r["rate"], 100 * r["accuracy_final"]) for r in rows if r["method"] == method]
+            ax.plot(*zip(*pts), marker="o", label=method)
+        if base is not None:
+            ax.axhline(100 * base, color="k", ls="--", lw=1, label="unpruned")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("compression rate")
+        ax.set_ylabel(f"{os.path.splitext(os.path.basename(bin_path))[0]} accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        _save(fig, os.path.join(out_dir, "sweep.png"))
+    return rows
+
+
+def export_model(model: nn.Module, fmt: str, out: str, calib: Optional[str] = None,
+                 bin_path: Optional[str] = None, int8_mode: str = "static", opset: int = 17) -> Dict[str, Any]:
+    """Export with a parity check on real face crops; int8 calibrated on face crops; the files' cost."""
+    from .deploy import (export_checked, export_torchscript, face_crops, file_cost, onnx_outputs, compare_outputs,
+                         quantize_int8, torch_outputs)
+
+    size = int(getattr(model, "input_size", 112))
+    norm = model.pocketnas_cfg.input_norm
+    crops = face_crops(calib, 256, size)
+    report: Dict[str, Any] = {"format": fmt, "calibration_images": int(len(crops)), "input_norm": norm}
+    if fmt == "torchscript":
+        report["parity"] = export_torchscript(model, out, crops[:64])
+        report["path"] = out
+        return report
+    fp32 = out if fmt == "onnx" else os.path.splitext(out)[0] + ".fp32.onnx"
+    report["parity"] = export_checked(model, fp32, crops[:64], opset)
+    report["fp32"] = file_cost(fp32)
+    if fmt == "onnx-int8":
+        try:
+            quantize_int8(fp32, out, crops, norm, int8_mode)
+            report["int8_mode"] = int8_mode
+        except Exception as e:  # static quantisation can fail on unusual graphs: fall back, and say so
+            if int8_mode != "static":
+                raise
+            logger.warning("static int8 quantisation failed (%s); falling back to dynamic", e)
+            quantize_int8(fp32, out, None, norm, "dynamic")
+            report["int8_mode"] = "dynamic (static failed)"
+        report["int8_vs_fp32"] = compare_outputs(torch_outputs(model, crops[:64], norm),
+                                                 onnx_outputs(out, crops[:64], norm))
+        report["int8"] = file_cost(out)
+    if bin_path:
+        from ..evaluation.run import verify_bins
+        from ..models.embedders import OnnxEmbedder
+
+        stem = os.path.splitext(os.path.basename(bin_path))[0]
+        accs = {"pytorch": verify_bins(TorchEmbedder(model), [bin_path], flip=False, progress=False)[stem],
+                "onnx_fp32": verify_bins(OnnxEmbedder(fp32), [bin_path], flip=False, progress=False)[stem]}
+        if fmt == "onnx-int8":
+            accs["onnx_int8"] = verify_bins(OnnxEmbedder(out), [bin_path], flip=False, progress=False)[stem]
+        report["verification"] = {k: {"set": stem, "accuracy_mean": v["accuracy_mean"],
+                                       "accuracy_std": v["accuracy_std"]} for k, v in accs.items()}
+    report["path"] = out
+    return report

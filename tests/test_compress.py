@@ -1,0 +1,158 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import pocketnas
+from pocketnas.cli import main
+from pocketnas.compress.deploy import ExportError, export_checked, face_crops
+from pocketnas.compress.prune import METHODS, gradient_scores, make_permanent, prune_model, sparsity
+from pocketnas.compress.run import gradient_batches
+from pocketnas.data import orl_root
+from pocketnas.models.calibrate import calibrate_batchnorm
+
+
+@pytest.fixture(scope="module")
+def s128(orl_faces):
+    torch.manual_seed(0)
+    model = pocketnas.create_model("pocketnet_s_128")
+    calibrate_batchnorm(model, orl_faces[0][::4].split(50))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """A small network trained for a few seconds on the bundled faces (so accuracy means something)."""
+    from pocketnas.config import config_from_dict
+    from pocketnas.engine.train_config import TrainConfig
+    from pocketnas.engine.trainer import train
+
+    run = tmp_path_factory.mktemp("tiny")
+    train(config_from_dict(TrainConfig, {
+        "arch": "pocketnet", "model_kwargs": {"channels": 8, "layers": 3, "embedding_size": 64}, "data": orl_root(),
+        "batch_size": 32, "workers": 0, "epochs": 4, "lr": 0.1, "lr_reference_batch": 32, "milestones": [4],
+        "margin_s": 32.0, "margin_m": 0.3, "threads": 2}), str(run))
+    return str(run / "model.pt")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("rate", [2, 8, 16])
+def test_each_method_reaches_the_rate(method, rate, s128):
+    import copy
+
+    model = copy.deepcopy(s128)
+    scores = None
+    if method.endswith("grad"):
+        batches, classes, _ = gradient_batches(orl_root(), 112, "arcface", batches=2, batch_size=16)
+        scores = gradient_scores(model, batches, classes)
+    report = prune_model(model, method, rate, scores)
+    measured = sparsity(make_permanent(model))  # counted from the zeros of the final weights
+    assert abs(measured.compression - rate) / rate < 0.01
+    assert measured.prunable_nonzero == report.prunable_nonzero
+    assert "BatchNorm2d" in measured.dense and "PReLU" in measured.dense
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.affine]
+    assert all((m.weight != 0).all() for m in bn)  # BatchNorm left dense
+
+
+def test_layerwise_prunes_every_layer_alike_and_global_does_not(s128):
+    import copy
+
+    layer = copy.deepcopy(s128)
+    prune_model(layer, "layer_weight", 4)
+    fractions = np.array(list(sparsity(layer).per_layer.values()))
+    assert np.allclose(fractions, 0.75, atol=0.02)
+    glob = copy.deepcopy(s128)
+    prune_model(glob, "global_weight", 4)
+    g = np.array(list(sparsity(glob).per_layer.values()))
+    assert g.std() > 0.05 and abs(sparsity(glob).compression - 4) < 0.04
+
+
+def test_gradient_scores_differ_from_magnitudes(s128):
+    import copy
+
+    batches, classes, _ = gradient_batches(orl_root(), 112, "arcface", batches=2, batch_size=16)
+    a, b = copy.deepcopy(s128), copy.deepcopy(s128)
+    prune_model(a, "global_weight", 4)
+    prune_model(b, "global_grad", 4, gradient_scores(b, batches, classes))
+    ma = torch.cat([m.weight_mask.flatten() for m in a.modules() if hasattr(m, "weight_mask")])
+    mb = torch.cat([m.weight_mask.flatten() for m in b.modules() if hasattr(m, "weight_mask")])
+    assert not torch.equal(ma, mb) and ma.sum() == mb.sum()
+
+
+def test_masks_hold_through_finetuning(tmp_path, trained_tiny):
+    from pocketnas.config import config_from_dict
+    from pocketnas.engine.train_config import TrainConfig
+    from pocketnas.engine.trainer import train
+
+    model = pocketnas.load(trained_tiny)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = prune_model(model, "global_weight", 8)
+    train(config_from_dict(TrainConfig, {"arch": "pocketnet", "data": orl_root(), "batch_size": 16, "workers": 0,
+                                         "epochs": 1, "max_batches_per_epoch": 3, "lr": 0.05, "threads": 2,
+                                         "compile": "false"}), str(tmp_path / "ft"), backbone=model)
+    after = sparsity(model)
+    assert after.prunable_nonzero == report.prunable_nonzero  # no pruned weight came back
+    moved = [n for n, p in model.named_parameters() if n.endswith("weight_orig")
+             and not torch.equal(p.detach(), before[n.replace("_orig", "")])]
+    assert moved  # the surviving weights did train
+    ft = pocketnas.load(str(tmp_path / "ft" / "model.pt"))  # saved with masks folded in, plain keys
+    assert abs(sparsity(ft).compression - 8) < 0.1
+
+
+def test_export_parity_on_real_faces(tmp_path, trained_tiny):
+    model = pocketnas.load(trained_tiny)
+    crops = face_crops(None, 64)
+    parity = export_checked(model, str(tmp_path / "m.onnx"), crops)
+    assert parity["min_cosine"] > 0.9999 and parity["images"] == 64
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["input_norm"] == "arcface" and "RGB" in meta["input_layout"]
+
+    class Broken(torch.nn.Module):  # exports something else than it computes: must fail loudly
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.input_size, self.pocketnas_cfg = m, 112, m.pocketnas_cfg
+
+        def forward(self, x):
+            y = self.m(x)
+            return y if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() else -y
+
+    with pytest.raises(ExportError, match="ONNX Runtime disagrees with PyTorch on real faces"):
+        export_checked(Broken(model), str(tmp_path / "b.onnx"), crops)
+
+
+def test_int8_export_and_report(tmp_path, trained_tiny, shared, capsys):
+    js = tmp_path / "r.json"
+    assert main(["export", "--model", trained_tiny, "--format", "onnx-int8", "--out", str(tmp_path / "m.int8.onnx"),
+                 "--bin", f"{shared}/data/orl/orl.bin", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    assert r["int8_mode"].startswith("static") and r["int8"]["size_mb"] < r["fp32"]["size_mb"]
+    assert r["int8_vs_fp32"]["mean_cosine"] > 0.95
+    acc = {k: v["accuracy_mean"] for k, v in r["verification"].items()}
+    assert set(acc) == {"pytorch", "onnx_fp32", "onnx_int8"} and abs(acc["pytorch"] - acc["onnx_fp32"]) < 0.005
+    assert "int8 (static) against PyTorch" in capsys.readouterr().out
+    assert main(["export", "--model", trained_tiny, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 0
+
+
+def test_prune_command_and_sweep(tmp_path, trained_tiny, shared, capsys):
+    assert main(["prune", "--model", trained_tiny, "--method", "layer_grad", "--rate", "4", "--data", orl_root(),
+                 "--out", str(tmp_path / "one"), "--finetune-epochs", "1", "--bin", f"{shared}/data/orl/orl.bin",
+                 "--set", "batch_size=32", "--set", "workers=0", "--set", "threads=2", "--no-export"]) == 0
+    out = capsys.readouterr().out
+    assert "layer_grad at rate 4: achieved 4.0" in out and "fine-tuned" in out
+    r = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert r["masks_held"] and r["accuracy_finetuned"] is not None
+    assert main(["prune", "--model", trained_tiny, "--sweep", "--methods", "global_weight", "random", "--rates", "2",
+                 "8", "--data", orl_root(), "--out", str(tmp_path / "sweep"), "--bin",
+                 f"{shared}/data/orl/orl.bin"]) == 0
+    table = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert table.count("| global_weight |") == 2 and table.count("| random |") == 2
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    by = {(r["method"], r["rate"]): r["accuracy_final"] for r in rows}
+    assert by[("global_weight", 2)] >= by[("random", 8)]  # magnitude at 2x keeps more than random at 8x
+    assert os.path.getsize(tmp_path / "sweep" / "sweep.png") > 10_000
