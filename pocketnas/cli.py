@@ -442,8 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    level = getattr(logging, args.log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:  # the console shows --log-level; a run's log.txt keeps INFO
+        handler.setLevel(level)
     from .compress.deploy import ExportError
     from .config import ConfigError
     from .data.errors import DataFormatError
