@@ -59,7 +59,6 @@ class SparsityReport:
 def sparsity(model: nn.Module) -> SparsityReport:
     """Compression measured by counting zeros (masked weights included, whatever their storage)."""
     layers = prunable_layers(model)
-    ids = set()
     per_layer = {}
     prunable = nonzero = 0
     for name, m in layers:
@@ -68,7 +67,6 @@ def sparsity(model: nn.Module) -> SparsityReport:
         per_layer[name] = 1 - nz / n
         prunable += n
         nonzero += nz
-        ids.add(id(getattr(m, "weight_orig", m.weight)))
     total = total_nz = 0
     for name, p in model.named_parameters():
         if name.endswith("weight_orig"):

@@ -41,8 +41,9 @@ def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, ba
     out = []
     for start in range(0, len(pick), batch_size):
         chunk = pick[start:start + batch_size]
-        images = np.stack([faces.sample_uint8(int(i))[0] for i in chunk])
-        labels = torch.as_tensor([faces.sample_uint8(int(i))[1] for i in chunk])
+        samples = [faces.sample_uint8(int(i)) for i in chunk]  # one decode per image
+        images = np.stack([image for image, _ in samples])
+        labels = torch.as_tensor([label for _, label in samples])
         out.append((normalize(torch.as_tensor(images), norm), labels))
     return out, faces.num_classes, labels_of(faces)
 
