@@ -152,17 +152,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_model
 
     model = load_model(args.model, args.arch, args.pretrained)
+    recipe = crun.checkpoint_recipe(args.model) if args.finetune_epochs else None
+    head = None
+    if args.finetune_epochs and args.head != "none":
+        head = args.head or crun.training_checkpoint(args.model)
     if args.sweep:
         methods = args.methods or list(METHODS)
         rows = crun.sweep(model, methods, args.rates, args.data, args.out, args.finetune_epochs, args.teacher,
-                          args.bin, args.set or [], export=not args.no_export)
+                          args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head)
         print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
         print(f"wrote {os.path.join(args.out, 'sweep.md')}, sweep.json" + (", sweep.png" if args.bin else ""))
         return 0
     if not args.method or args.rate is None:
         raise ValueError("give --method and --rate (or --sweep)")
     r = crun.prune_one(model, args.method, args.rate, args.data, args.out, args.finetune_epochs, args.teacher,
-                       args.bin, args.set or [], export=not args.no_export)
+                       args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head)
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f} %"
@@ -407,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--finetune-epochs", type=int, default=0)
     s.add_argument("--teacher", help="distil from this model while fine-tuning (e.g. the unpruned checkpoint)")
+    s.add_argument("--head", help="a training run's checkpoint.pt whose margin head fine-tuning starts from "
+                                  "(default: the checkpoint.pt beside --model, if any; 'none': a fresh head)")
     s.add_argument("--bin", help="a .bin set to report verification accuracy on")
     s.add_argument("--sweep", action="store_true", help="every --methods at every --rates, as a table and a plot")
     s.add_argument("--methods", nargs="+", choices=["global_weight", "layer_weight", "global_grad", "layer_grad",

@@ -148,7 +148,25 @@ def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0) -> Dict[str, Any
     plots = [plot_roc(curves, os.path.join(out_dir, "eval", "roc.png"), "ORL, unseen people"),
              plot_det(curves, os.path.join(out_dir, "eval", "det.png"), "ORL, unseen people")]
     print(f"  plots: {', '.join(plots)}")
+    shipped = ship(load(model_path), views["test"], os.path.join(out_dir, "ship", "model.onnx"))
     return {"search": {"genotype": genotype_path, "epochs": len(found["epochs"]),
                        "val_acc": found["epochs"][-1]["val_acc"]},
             "train": {"model": model_path, "epochs": history["epochs"], "minutes": history["minutes"]},
-            "evaluation": results, "plots": plots}
+            "evaluation": results, "plots": plots, "ship": shipped}
+
+
+def ship(model, faces: str, path: str) -> Dict[str, Any]:
+    """Export to ONNX, checked against PyTorch on real faces, and time it in ONNX Runtime (when installed)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("ship: skipped (pip install 'pocketnas[onnx]' for ONNX export and ONNX Runtime)")
+        return {}
+    from .compress.deploy import export_checked, face_crops, file_cost
+
+    print("ship: ONNX export, checked against PyTorch on the unseen people's faces")
+    parity = export_checked(model, path, face_crops(faces, 64, int(getattr(model, "input_size", 112))))
+    cost = file_cost(path)
+    print(f"  {path}: {cost['size_mb']:.2f} MB, min cosine to PyTorch {parity['min_cosine']:.6f}, ONNX Runtime "
+          f"batch 1: {cost['latency_ms_1thread']:.1f} ms (1 thread), {cost['latency_ms_2threads']:.1f} ms (2)")
+    return {"onnx": path, "parity": parity, **{k: v for k, v in cost.items() if k != "path"}}

@@ -4,12 +4,13 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import pocketnas
 from pocketnas.cli import main
 from pocketnas.compress.deploy import ExportError, export_checked, face_crops
 from pocketnas.compress.prune import METHODS, gradient_scores, make_permanent, prune_model, sparsity
-from pocketnas.compress.run import gradient_batches
+from pocketnas.compress.run import checkpoint_recipe, gradient_batches
 from pocketnas.data import orl_root
 from pocketnas.models.calibrate import calibrate_batchnorm
 
@@ -126,6 +127,60 @@ def test_export_parity_on_real_faces(tmp_path, trained_tiny):
         export_checked(Broken(model), str(tmp_path / "b.onnx"), crops)
 
 
+def test_init_head_refuses_a_head_of_other_identities(trained_tiny):
+    from pocketnas.config import ConfigError
+    from pocketnas.engine.trainer import load_head_weights
+    from pocketnas.losses.heads import MarginHead
+    from pocketnas.losses.margins import build_margin
+
+    ckpt = os.path.join(os.path.dirname(trained_tiny), "checkpoint.pt")
+    head = MarginHead(64, 40, build_margin("arcface"))
+    load_head_weights(head, ckpt)  # the run's 40 ORL identities, 64-d
+    trained = torch.load(ckpt, weights_only=True)["model"]["head.fc.weight"]
+    assert torch.equal(head.fc.weight.detach(), trained)
+    with pytest.raises(ConfigError, match="checkpoint.pt: its margin head .* does not fit"):
+        load_head_weights(MarginHead(64, 295, build_margin("arcface")), ckpt)
+    with pytest.raises(Exception, match="not a pocketnas training checkpoint"):
+        load_head_weights(head, trained_tiny)  # model.pt holds no head
+
+
+def test_prelu_export_forms_equal_prelu_for_any_slope():
+    from pocketnas.compress.export import PReLUAsMax, PReLUSplit
+
+    prelu = torch.nn.PReLU(6)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([0.0, 0.25, 1.0, -0.5, 1.7, 0.1]))
+    for x in (torch.randn(3, 6, 5, 5), torch.randn(4, 6)):  # after convolutions and after a linear layer
+        assert torch.allclose(PReLUSplit(prelu)(x), prelu(x), atol=1e-6)
+    in_range = torch.nn.PReLU(6)
+    with torch.no_grad():
+        in_range.weight.copy_(torch.tensor([0.0, 0.25, 1.0, 0.5, 0.7, 0.1]))
+    x = torch.randn(3, 6, 5, 5)
+    assert torch.allclose(PReLUAsMax(in_range)(x), in_range(x), atol=1e-6)
+    assert not torch.allclose(PReLUAsMax(prelu)(x), prelu(x), atol=1e-3)  # why slopes outside [0, 1] need Split
+
+
+def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
+    import onnx
+
+    from pocketnas.compress.export import PReLUAsMax, PReLUSplit, export_onnx, runtime_friendly
+
+    model = pocketnas.load(trained_tiny)
+    prelus = [m for m in model.modules() if isinstance(m, torch.nn.PReLU)]
+    with torch.no_grad():
+        prelus[0].weight[0] = -0.4  # a slope outside [0, 1]: that PReLU must take the general form
+    friendly = runtime_friendly(model)
+    kinds = [type(m) for m in friendly.modules() if isinstance(m, (PReLUAsMax, PReLUSplit, torch.nn.PReLU))]
+    assert PReLUSplit in kinds and PReLUAsMax in kinds and torch.nn.PReLU not in kinds
+    assert sum(isinstance(m, torch.nn.PReLU) for m in model.modules()) == len(prelus)  # the model is untouched
+    parity = export_checked(model, str(tmp_path / "fast.onnx"), face_crops(None, 32))
+    assert parity["min_cosine"] > 0.9999
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fast.onnx")).graph.node}
+    assert "PRelu" not in ops and "Max" in ops
+    export_onnx(model, str(tmp_path / "plain.onnx"), fast_prelu=False)
+    assert "PRelu" in {n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node}
+
+
 def test_int8_export_and_report(tmp_path, trained_tiny, shared, capsys):
     js = tmp_path / "r.json"
     assert main(["export", "--model", trained_tiny, "--format", "onnx-int8", "--out", str(tmp_path / "m.int8.onnx"),
@@ -147,12 +202,20 @@ def test_prune_command_and_sweep(tmp_path, trained_tiny, shared, capsys):
     assert "layer_grad at rate 4: achieved 4.0" in out and "fine-tuned" in out
     r = json.loads((tmp_path / "one" / "report.json").read_text())
     assert r["masks_held"] and r["accuracy_finetuned"] is not None
+    # fine-tuning continued with the margin the model was trained with (recorded in model.pt), not the defaults
+    assert checkpoint_recipe(trained_tiny)["margin_s"] == 32.0
+    tuned = yaml.safe_load((tmp_path / "one" / "finetune" / "config.yaml").read_text())
+    assert (tuned["margin_s"], tuned["margin_m"], tuned["lr"]) == (32.0, 0.3, 0.01)
+    # ... and from the trained class centres of the run beside model.pt, not a random head
+    assert tuned["init_head"] == os.path.join(os.path.dirname(trained_tiny), "checkpoint.pt")
+    assert "margin head initialised from" in (tmp_path / "one" / "finetune" / "log.txt").read_text()
     assert main(["prune", "--model", trained_tiny, "--sweep", "--methods", "global_weight", "random", "--rates", "2",
                  "8", "--data", orl_root(), "--out", str(tmp_path / "sweep"), "--bin",
                  f"{shared}/data/orl/orl.bin"]) == 0
     table = (tmp_path / "sweep" / "sweep.md").read_text()
-    assert table.count("| global_weight |") == 2 and table.count("| random |") == 2
+    assert table.count("| global_weight |") == 2 and table.count("| random |") == 2 and "| unpruned | 1 |" in table
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]
+    assert {r["accuracy_of"] for r in rows} == {"onnx"}  # the exported files were evaluated
     by = {(r["method"], r["rate"]): r["accuracy_final"] for r in rows}
     assert by[("global_weight", 2)] >= by[("random", 8)]  # magnitude at 2x keeps more than random at 8x
     assert os.path.getsize(tmp_path / "sweep" / "sweep.png") > 10_000

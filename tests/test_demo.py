@@ -27,3 +27,6 @@ def test_search_train_evaluate_pipeline(tmp_path, capsys):
     assert ev["trained"]["accuracy_mean"] > ev["untrained (same network)"]["accuracy_mean"]
     assert ev["trained"]["accuracy_mean"] > 0.7
     assert all(os.path.getsize(p) > 5000 for p in out["plots"])
+    # shipped: an ONNX file that reproduces the trained network on real faces
+    assert os.path.getsize(out["ship"]["onnx"]) > 10_000 and out["ship"]["parity"]["min_cosine"] > 0.9999
+    assert out["ship"]["latency_ms_1thread"] > 0

@@ -108,6 +108,12 @@ def quantize_int8(fp32_path: str, out_path: str, calib: Optional[np.ndarray], no
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tmp = tempfile.mkdtemp()
+    root = logging.getLogger()
+    level = root.level
+    # onnxruntime.quantization logs a line per unfolded BatchNorm through the root logger ("Axis 1 is
+    # out-of-range for weight ... bn.weight"): per-channel quantisation leaves those 1-d tensors per-tensor, as it
+    # should; the notes are not news to a user
+    root.setLevel(max(level, logging.ERROR))
     try:
         pre = os.path.join(tmp, "pre.onnx")
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
@@ -133,6 +139,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: Optional[np.ndarray], no
             raise ValueError(f"int8 mode must be static or dynamic, not {mode!r}")
         _copy_metadata(fp32_path, out_path, {"quantization": f"int8 {mode}"})
     finally:
+        root.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
     return out_path
 

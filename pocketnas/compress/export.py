@@ -14,6 +14,50 @@ logger = logging.getLogger(__name__)
 DEFAULT_OPSET = 17  # ONNX Runtime >= 1.12 runs it; the legacy exporter needs no onnxscript
 
 
+class PReLUAsMax(nn.Module):
+    """PReLU written as ``max(x, a * x)``: the same function whenever every slope lies in [0, 1].
+
+    ONNX Runtime's ``PRelu`` kernel broadcasts a per-channel slope element by element; on PocketNetS-128 its
+    101 PReLUs took 13 of 19 ms at batch 1 (profiled here), while ``Mul`` + ``Max`` do the same in a tenth of the
+    time. Used only for export (see :func:`runtime_friendly`)."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.register_buffer("slope", prelu.weight.detach().clone())
+
+    def _slope(self, x: torch.Tensor) -> torch.Tensor:
+        return self.slope.reshape(-1, *([1] * (x.dim() - 2))) if x.dim() > 2 else self.slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(x, x * self._slope(x))
+
+
+class PReLUSplit(PReLUAsMax):
+    """PReLU for any slope: ``relu(x) + a * min(x, 0)`` (four cheap elementwise operations in ONNX)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) + self._slope(x) * torch.clamp(x, max=0.0)
+
+
+def runtime_friendly(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for export with every ``nn.PReLU`` replaced by an equal formulation that ONNX Runtime
+    runs fast (:class:`PReLUAsMax` when the slopes lie in [0, 1], else :class:`PReLUSplit`); ``model`` itself is
+    left untouched. The export's parity check compares the file with the original model."""
+    import copy
+
+    targets = [name for name, m in model.named_modules() if isinstance(m, nn.PReLU)]
+    if not targets:
+        return model
+    out = copy.deepcopy(model)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = out.get_submodule(parent_name) if parent_name else out
+        prelu = getattr(parent, child)
+        w = prelu.weight.detach()
+        setattr(parent, child, (PReLUAsMax if bool(((w >= 0) & (w <= 1)).all()) else PReLUSplit)(prelu))
+    return out
+
+
 def model_metadata(model: nn.Module, input_norm: Optional[str] = None) -> Dict[str, str]:
     from .. import __version__
 
@@ -31,12 +75,15 @@ def model_metadata(model: nn.Module, input_norm: Optional[str] = None) -> Dict[s
 
 
 def export_onnx(model: nn.Module, path: str, opset: int = DEFAULT_OPSET, input_norm: Optional[str] = None,
-                metadata: Optional[Dict[str, str]] = None) -> str:
-    """Export ``model`` (eval mode, dynamic batch) to ``path`` with its input normalisation in the metadata."""
+                metadata: Optional[Dict[str, str]] = None, fast_prelu: bool = True) -> str:
+    """Export ``model`` (eval mode, dynamic batch) to ``path`` with its input normalisation in the metadata;
+    with ``fast_prelu`` PReLUs are written as equal elementwise operations ONNX Runtime runs faster
+    (:func:`runtime_friendly`)."""
     import onnx
 
     was_training = model.training
     model.eval()
+    graph_model = runtime_friendly(model) if fast_prelu else model
     size = int(getattr(model, "input_size", 112))
     param = next(model.parameters())
     dummy = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
@@ -45,7 +92,7 @@ def export_onnx(model: nn.Module, path: str, opset: int = DEFAULT_OPSET, input_n
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about the input-size check
-            torch.onnx.export(model, (dummy,), tmp, dynamo=False, opset_version=opset, input_names=["data"],
+            torch.onnx.export(graph_model, (dummy,), tmp, dynamo=False, opset_version=opset, input_names=["data"],
                               output_names=["embedding"],
                               dynamic_axes={"data": {0: "batch"}, "embedding": {0: "batch"}})
         proto = onnx.load(tmp)

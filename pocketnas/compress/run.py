@@ -50,10 +50,15 @@ def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, ba
 
 def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: str, finetune_epochs: int = 0,
               teacher: Optional[str] = None, bin_path: Optional[str] = None, finetune_overrides: Sequence[str] = (),
-              grad_batches: int = 8, seed: int = 0, export: bool = False) -> Dict[str, Any]:
+              grad_batches: int = 8, seed: int = 0, export: bool = False,
+              recipe: Optional[Dict[str, Any]] = None, head: Optional[str] = None) -> Dict[str, Any]:
     """Prune a copy of ``model`` with ``method`` to ``rate``, fine-tune with the masks held (optionally with KD
     from ``teacher``), make the masks permanent, and report compression by counting zeros and accuracy before,
-    after pruning and after fine-tuning."""
+    after pruning and after fine-tuning.
+
+    Fine-tuning uses ``recipe`` (the loss and margin the model was trained with, see :func:`checkpoint_recipe`)
+    under ``finetune_overrides`` (``key=value`` train settings), at lr 0.01 with no schedule by default, starting
+    the margin head from ``head`` (the training run's ``checkpoint.pt``, see :func:`training_checkpoint`)."""
     from ..config import load_config
     from ..engine.train_config import TrainConfig
     from ..engine.trainer import train
@@ -71,9 +76,12 @@ def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: st
     sp = prune_model(pruned, method, rate, scores, seed)
     report["accuracy_pruned"] = verification_accuracy(pruned, bin_path)
     if finetune_epochs:
-        extra = {"data": data, "epochs": finetune_epochs, "arch": getattr(model, "pocketnas_arch", "pocketnet")}
+        extra = {**(recipe or {}), "data": data, "epochs": finetune_epochs,
+                 "arch": getattr(model, "pocketnas_arch", "pocketnet")}
         if teacher:
             extra.update(kd="embedding", teacher=teacher)
+        if head:
+            extra["init_head"] = head
         cfg = load_config(TrainConfig, None, ["lr=0.01", "milestones=[]", "compile=false", "warmup_epochs=0",
                                               *finetune_overrides], extra)
         pruned.train()
@@ -99,33 +107,87 @@ def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: st
     return report
 
 
+def checkpoint_recipe(spec: str) -> Optional[Dict[str, Any]]:
+    """The training recipe (loss, margin) recorded in a pocketnas checkpoint by ``pocketnas train``, if any."""
+    from ..models.checkpoint import _torch_load, is_pocketnas_checkpoint
+
+    obj = _torch_load(spec) if os.path.isfile(spec) else None
+    if not is_pocketnas_checkpoint(obj):
+        return None
+    recipe = (obj.get("meta") or {}).get("recipe")
+    if recipe:
+        logger.info("fine-tuning follows the recipe recorded in %s: %s", spec,
+                    ", ".join(f"{k}={v}" for k, v in recipe.items() if v is not None))
+    return recipe
+
+
+def training_checkpoint(spec: str) -> Optional[str]:
+    """The ``checkpoint.pt`` beside a ``pocketnas train`` run's ``model.pt`` (its margin head serves fine-tuning)."""
+    candidate = os.path.join(os.path.dirname(os.path.abspath(spec)), "checkpoint.pt")
+    if not os.path.isfile(spec) or not os.path.isfile(candidate):
+        return None
+    logger.info("fine-tuning starts the margin head from the training run's %s", candidate)
+    return candidate
+
+
+def onnx_accuracy(path: str, bin_path: str) -> float:
+    """Verification accuracy of an exported ONNX file: what ships, measured through ONNX Runtime."""
+    from ..evaluation.run import verify_bins
+    from ..models.embedders import OnnxEmbedder
+
+    stem = os.path.splitext(os.path.basename(bin_path))[0]
+    return verify_bins(OnnxEmbedder(path), [bin_path], flip=False, progress=False)[stem]["accuracy_mean"]
+
+
 def sweep(model: nn.Module, methods: Sequence[str], rates: Sequence[float], data: str, out_dir: str,
           finetune_epochs: int = 0, teacher: Optional[str] = None, bin_path: Optional[str] = None,
-          finetune_overrides: Sequence[str] = (), export: bool = True) -> List[Dict[str, Any]]:
+          finetune_overrides: Sequence[str] = (), export: bool = True,
+          recipe: Optional[Dict[str, Any]] = None, head: Optional[str] = None) -> List[Dict[str, Any]]:
     """Every method at every rate; writes ``sweep.md`` (method x rate -> accuracy, size, latency), ``sweep.json``
-    and ``sweep.png``."""
+    and ``sweep.png``. With ``export`` every accuracy (the unpruned baseline's too) is that of the exported ONNX
+    file (what ships, and faster to evaluate on a CPU than eager PyTorch); without, that of the PyTorch model."""
     from ..evaluation.plots import _plt, _save
 
-    base = verification_accuracy(model, bin_path)
-    rows = []
+    os.makedirs(out_dir, exist_ok=True)
+    unpruned: Dict[str, Any] = {}
+    if export:
+        from .deploy import export_checked, face_crops, file_cost
+
+        onnx_path = os.path.join(out_dir, "unpruned", "model.onnx")
+        export_checked(model, onnx_path, face_crops(None, 32, int(getattr(model, "input_size", 112))))
+        unpruned = file_cost(onnx_path)
+        base = onnx_accuracy(onnx_path, bin_path) if bin_path else None
+    else:
+        base = verification_accuracy(model, bin_path)
+    rows: List[Dict[str, Any]] = []
+
+    def write_json() -> None:  # after every row too, so a long sweep's partial results survive
+        with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
+            json.dump({"baseline_accuracy": base, "unpruned": unpruned, "rows": rows}, f, indent=2)
+
     for method in methods:
         for rate in rates:
             r = prune_one(model, method, rate, data, os.path.join(out_dir, f"{method}_x{rate:g}"), finetune_epochs,
-                          teacher, None, finetune_overrides, export=export)
+                          teacher, None, finetune_overrides, export=export, recipe=recipe, head=head)
             r["accuracy_before"] = base
             target = r
-            if bin_path:
-                pruned = load(r["model"])
-                target["accuracy_final"] = verification_accuracy(pruned, bin_path)
+            if bin_path and export:
+                target["accuracy_final"] = onnx_accuracy(r["onnx"]["path"], bin_path)
+                target["accuracy_of"] = "onnx"
+            elif bin_path:
+                target["accuracy_final"] = verification_accuracy(load(r["model"]), bin_path)
+                target["accuracy_of"] = "pytorch"
             rows.append(target)
+            write_json()
             logger.info("%s x%g: achieved %.2f, accuracy %s", method, rate, r["achieved_rate"],
                         target.get("accuracy_final"))
-    with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
-        json.dump({"baseline_accuracy": base, "rows": rows}, f, indent=2)
+    write_json()
     lines = [f"Baseline accuracy: {100 * base:.2f} %" if base is not None else "Baseline accuracy: -", "",
              "| method | rate | achieved | accuracy % | ONNX MB | gzip MB | ORT ms (1 thr) | ORT ms (2 thr) |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    baseline_row = {"method": "unpruned", "rate": 1.0, "achieved_rate": 1.0, "accuracy_final": base,
+                    "onnx": unpruned}
+    for r in [baseline_row, *rows]:
         acc = r.get("accuracy_final")
         o = r.get("onnx", {})
         lines.append(f"| {r['method']} | {r['rate']:g} | {r['achieved_rate']:.2f} | "

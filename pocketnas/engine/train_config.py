@@ -43,6 +43,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     grad_clip: float = 5.0
+    init_head: Optional[str] = None         # a run's checkpoint.pt: start the margin head from its class centres
     # distillation
     kd: Optional[str] = None                # embedding | multistep | feature
     teacher: Optional[str] = None           # model spec, or (multistep) a teacher run folder
@@ -108,3 +109,12 @@ class TrainConfig:
         if self.se:
             out["se"] = True
         return out
+
+
+RECIPE_KEYS = ("loss", "margin_s", "margin_m", "margin_m1", "margin_m2", "margin_m3", "flip")
+
+
+def recipe_of(cfg: TrainConfig) -> Dict[str, Any]:
+    """The loss settings a model was trained with, kept in its checkpoint so fine-tuning (after pruning, say)
+    continues with the same margin rather than the library defaults."""
+    return {key: getattr(cfg, key) for key in RECIPE_KEYS}

@@ -36,9 +36,28 @@ from .runlog import close_run_log, open_run_log
 from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from .teachers import (FixedTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, hint_layers_of,
                        teacher_identity)
-from .train_config import TrainConfig
+from .train_config import TrainConfig, recipe_of
 
 logger = logging.getLogger(__name__)
+
+
+def load_head_weights(head: MarginHead, path: str) -> None:
+    """Start ``head`` from the class centres of a ``pocketnas train`` run's ``checkpoint.pt`` (fine-tuning a pruned
+    network with a fresh, random head would push the backbone with meaningless gradients)."""
+    from ..models.checkpoint import CheckpointError, _torch_load
+
+    state = _torch_load(path)
+    model = state.get("model") if isinstance(state, dict) and state.get("format") == "pocketnas.train_state" else None
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path}: not a pocketnas training checkpoint (init_head needs a run's checkpoint.pt)")
+    found = {k[len("head."):]: v for k, v in model.items() if k.startswith("head.")}
+    own = head.state_dict()
+    if set(found) != set(own) or any(tuple(found[k].shape) != tuple(own[k].shape) for k in own):
+        raise ConfigError(f"{path}: its margin head ({', '.join(f'{k} {tuple(v.shape)}' for k, v in found.items())}) "
+                          f"does not fit this run's ({', '.join(f'{k} {tuple(v.shape)}' for k, v in own.items())}): "
+                          f"the same identities and embedding size are needed")
+    head.load_state_dict(found)
+    logger.info("margin head initialised from %s (%d identities)", path, int(own["fc.weight"].shape[0]))
 
 
 class StudentModule(nn.Module):
@@ -140,6 +159,8 @@ class Trainer:
         self.student_norm = self.backbone.pocketnas_cfg.input_norm
         emb_dim = int(self.backbone.embedding_size)
         head = MarginHead(emb_dim, self.faces.num_classes, build_margin(cfg.loss, **cfg.margin_kwargs()))
+        if cfg.init_head:
+            load_head_weights(head, cfg.init_head)
         logger.info("model %s (%s params), %d identities, %d images, %d steps per epoch on %d process(es)",
                     cfg.arch, f"{sum(p.numel() for p in self.backbone.parameters()):,}", self.faces.num_classes,
                     len(self.faces), self.steps_per_epoch, env.world_size)
@@ -254,7 +275,8 @@ class Trainer:
 
     def save_backbone(self, path: str) -> None:
         if self.env.is_main:
-            save(self.backbone, path, meta={"epoch": self.epoch, "step": self.step, "train_config": self.cfg.arch})
+            save(self.backbone, path, meta={"epoch": self.epoch, "step": self.step, "arch": self.cfg.arch,
+                                            "recipe": recipe_of(self.cfg)})
 
     # ------------------------------------------------------------------ the loop
     def _teacher_outputs(self, images_u8, index, flipped):
