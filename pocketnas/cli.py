@@ -8,6 +8,8 @@ import os
 import sys
 from typing import List, Optional
 
+from .compress import METHODS as PRUNE_METHODS
+
 logger = logging.getLogger("pocketnas")
 
 
@@ -148,7 +150,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .compress import run as crun
-    from .compress.prune import METHODS
     from .models.checkpoint import load_model
 
     model = load_model(args.model, args.arch, args.pretrained)
@@ -157,9 +158,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.finetune_epochs and args.head != "none":
         head = args.head or crun.training_checkpoint(args.model)
     if args.sweep:
-        methods = args.methods or list(METHODS)
-        rows = crun.sweep(model, methods, args.rates, args.data, args.out, args.finetune_epochs, args.teacher,
-                          args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head)
+        methods = args.methods or list(PRUNE_METHODS)
+        crun.sweep(model, methods, args.rates, args.data, args.out, args.finetune_epochs, args.teacher,
+               args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head)
         print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
         print(f"wrote {os.path.join(args.out, 'sweep.md')}, sweep.json" + (", sweep.png" if args.bin else ""))
         return 0
@@ -405,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="pocketnas checkpoint, registry name (--pretrained) or backbone.pth")
     s.add_argument("--arch")
     s.add_argument("--pretrained")
-    s.add_argument("--method", choices=["global_weight", "layer_weight", "global_grad", "layer_grad", "random"])
+    s.add_argument("--method", choices=PRUNE_METHODS)
     s.add_argument("--rate", type=float, help="compression rate: prunable parameters / remaining non-zeros")
     s.add_argument("--data", required=True, help="face data for gradient scores and fine-tuning")
     s.add_argument("--out", required=True)
@@ -415,8 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: the checkpoint.pt beside --model, if any; 'none': a fresh head)")
     s.add_argument("--bin", help="a .bin set to report verification accuracy on")
     s.add_argument("--sweep", action="store_true", help="every --methods at every --rates, as a table and a plot")
-    s.add_argument("--methods", nargs="+", choices=["global_weight", "layer_weight", "global_grad", "layer_grad",
-                                                    "random"])
+    s.add_argument("--methods", nargs="+", choices=PRUNE_METHODS)
     s.add_argument("--rates", nargs="+", type=float, default=[2, 4, 8, 16])
     s.add_argument("--no-export", action="store_true", help="skip the ONNX export and its cost")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fine-tuning settings (train config keys)")

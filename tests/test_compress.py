@@ -46,7 +46,7 @@ def test_each_method_reaches_the_rate(method, rate, s128):
     model = copy.deepcopy(s128)
     scores = None
     if method.endswith("grad"):
-        batches, classes, _ = gradient_batches(orl_root(), 112, "arcface", batches=2, batch_size=16)
+        batches, classes = gradient_batches(orl_root(), 112, "arcface", batches=2, batch_size=16)
         scores = gradient_scores(model, batches, classes)
     report = prune_model(model, method, rate, scores)
     measured = sparsity(make_permanent(model))  # counted from the zeros of the final weights
@@ -73,7 +73,7 @@ def test_layerwise_prunes_every_layer_alike_and_global_does_not(s128):
 def test_gradient_scores_differ_from_magnitudes(s128):
     import copy
 
-    batches, classes, _ = gradient_batches(orl_root(), 112, "arcface", batches=2, batch_size=16)
+    batches, classes = gradient_batches(orl_root(), 112, "arcface", batches=2, batch_size=16)
     a, b = copy.deepcopy(s128), copy.deepcopy(s128)
     prune_model(a, "global_weight", 4)
     prune_model(b, "global_grad", 4, gradient_scores(b, batches, classes))

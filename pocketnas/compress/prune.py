@@ -26,7 +26,7 @@ import torch.nn.utils.prune as prune
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("global_weight", "layer_weight", "global_grad", "layer_grad", "random")
+from . import METHODS
 
 
 def prunable_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:

@@ -15,25 +15,27 @@ import torch.nn as nn
 from ..data.transforms import normalize
 from ..models.checkpoint import load, save
 from ..models.embedders import TorchEmbedder
-from .prune import METHODS, gradient_scores, make_permanent, prune_model, sparsity
+from .prune import gradient_scores, make_permanent, prune_model, sparsity
 
 logger = logging.getLogger(__name__)
 
 
-def verification_accuracy(model: nn.Module, bin_path: Optional[str], flip: bool = False) -> Optional[float]:
-    if not bin_path:
-        return None
+def bin_result(embedder, bin_path: str) -> Dict[str, Any]:
+    """10-fold verification of ``embedder`` on one ``.bin`` set (no flip test), the set's result record."""
     from ..evaluation.run import verify_bins
 
     stem = os.path.splitext(os.path.basename(bin_path))[0]
-    return verify_bins(TorchEmbedder(model), [bin_path], flip=flip, progress=False)[stem]["accuracy_mean"]
+    return {"set": stem, **verify_bins(embedder, [bin_path], flip=False, progress=False)[stem]}
+
+
+def verification_accuracy(model: nn.Module, bin_path: Optional[str]) -> Optional[float]:
+    return bin_result(TorchEmbedder(model), bin_path)["accuracy_mean"] if bin_path else None
 
 
 def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, batch_size: int = 32,
                      seed: int = 0):
     """A few labelled, normalised batches of faces for gradient-based importance scores."""
     from ..engine.sampling import open_face_dataset
-    from ..nas.search import labels_of
 
     faces = open_face_dataset(data, input_size)
     rng = np.random.default_rng(seed)
@@ -45,7 +47,7 @@ def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, ba
         images = np.stack([image for image, _ in samples])
         labels = torch.as_tensor([label for _, label in samples])
         out.append((normalize(torch.as_tensor(images), norm), labels))
-    return out, faces.num_classes, labels_of(faces)
+    return out, faces.num_classes
 
 
 def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: str, finetune_epochs: int = 0,
@@ -71,7 +73,7 @@ def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: st
     pruned = copy.deepcopy(model).eval()
     scores = None
     if method.endswith("grad"):
-        batches, classes, _ = gradient_batches(data, size, norm, grad_batches, seed=seed)
+        batches, classes = gradient_batches(data, size, norm, grad_batches, seed=seed)
         scores = gradient_scores(pruned, batches, classes)
     sp = prune_model(pruned, method, rate, scores, seed)
     report["accuracy_pruned"] = verification_accuracy(pruned, bin_path)
@@ -132,11 +134,9 @@ def training_checkpoint(spec: str) -> Optional[str]:
 
 def onnx_accuracy(path: str, bin_path: str) -> float:
     """Verification accuracy of an exported ONNX file: what ships, measured through ONNX Runtime."""
-    from ..evaluation.run import verify_bins
     from ..models.embedders import OnnxEmbedder
 
-    stem = os.path.splitext(os.path.basename(bin_path))[0]
-    return verify_bins(OnnxEmbedder(path), [bin_path], flip=False, progress=False)[stem]["accuracy_mean"]
+    return bin_result(OnnxEmbedder(path), bin_path)["accuracy_mean"]
 
 
 def sweep(model: nn.Module, methods: Sequence[str], rates: Sequence[float], data: str, out_dir: str,
@@ -244,15 +244,12 @@ def export_model(model: nn.Module, fmt: str, out: str, calib: Optional[str] = No
                                                  onnx_outputs(out, crops[:64], norm))
         report["int8"] = file_cost(out)
     if bin_path:
-        from ..evaluation.run import verify_bins
         from ..models.embedders import OnnxEmbedder
 
-        stem = os.path.splitext(os.path.basename(bin_path))[0]
-        accs = {"pytorch": verify_bins(TorchEmbedder(model), [bin_path], flip=False, progress=False)[stem],
-                "onnx_fp32": verify_bins(OnnxEmbedder(fp32), [bin_path], flip=False, progress=False)[stem]}
+        embedders = {"pytorch": TorchEmbedder(model), "onnx_fp32": OnnxEmbedder(fp32)}
         if fmt == "onnx-int8":
-            accs["onnx_int8"] = verify_bins(OnnxEmbedder(out), [bin_path], flip=False, progress=False)[stem]
-        report["verification"] = {k: {"set": stem, "accuracy_mean": v["accuracy_mean"],
-                                       "accuracy_std": v["accuracy_std"]} for k, v in accs.items()}
+            embedders["onnx_int8"] = OnnxEmbedder(out)
+        report["verification"] = {k: {key: r[key] for key in ("set", "accuracy_mean", "accuracy_std")}
+                                  for k, r in ((k, bin_result(e, bin_path)) for k, e in embedders.items())}
     report["path"] = out
     return report

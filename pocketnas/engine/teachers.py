@@ -115,7 +115,7 @@ class MultiStepTeacher:
 
         dims = {p: int(read_checkpoint(p)["embedding_size"]) for p in (self.paths[0], self.paths[-1])}
         if len(set(dims.values())) > 1:
-            raise ValueError(f"the teacher run's checkpoints disagree on the embedding size: "
+            raise ValueError("the teacher run's checkpoints disagree on the embedding size: "
                              + ", ".join(f"{p}: {d}-d" for p, d in dims.items()))
         self.dim = dims[self.paths[0]]
         self.current: Optional[FixedTeacher] = None
