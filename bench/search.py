@@ -2,10 +2,14 @@
 partial channels (k=4), first and second order, at the original configuration and the recommended CPU one.
 
   plain    every operation of every edge computed (none included), every gradient computed in both steps (as
-           pt.darts), NCHW, glibc malloc defaults
+           pt.darts), torch's PReLU, the two finite-difference passes of second order one after the other, NCHW,
+           glibc malloc defaults
   default  none skipped (exact: its output is zero), only the gradients each step uses (alphas in the first-order
-           architecture step, weights in the weight step), channels_last, glibc mallopt
+           architecture step and the finite-difference passes, with the weights frozen there; weights in the
+           weight step), pocketnas's PReLU (same values, faster CPU backward), channels_last, glibc mallopt
   pc4      default + PC-DARTS partial channels, 1/4 of the channels through the mixed operations
+  side     (second order) default + the two finite-difference passes side by side on two threads
+           (``--set parallel_hessian=true``): faster, but two graphs in memory at once
 
 Each measurement runs in a fresh subprocess (peak RSS is per process); synthetic batches, 1000 identities.
 
@@ -39,6 +43,7 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
 
     from pocketnas.engine.allocator import tune_glibc_malloc
     from pocketnas.nas.architect import Architect
+    from pocketnas.nas.ops import use_torch_prelu
     from pocketnas.nas.search import SearchModel, search_step
     from pocketnas.nas.space import load_space
     from pocketnas.nas.supernet import Supernet
@@ -51,6 +56,8 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
     space = load_space("pocketnet")
     net = Supernet(space, 1000, c["channels"], c["layers"], 3, 128, c["size"], partial_k=4 if mode == "pc4" else 1,
                    skip_none=mode != "plain")
+    if mode == "plain":
+        use_torch_prelu(net)
     model = SearchModel(net, torch.nn.Linear(128, 1000))
     x = torch.randn(c["batch"], 3, c["size"], c["size"])
     vx = torch.randn(c["batch"], 3, c["size"], c["size"])
@@ -64,7 +71,8 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
     def loss_fn(m, a, b):
         return torch.nn.functional.cross_entropy(m.logits(a, b), b)
 
-    arch = Architect(model, loss_fn, 0.9, 3e-4, a_optim, order, only_needed_grads=mode != "plain")
+    arch = Architect(model, loss_fn, 0.9, 3e-4, a_optim, order, only_needed_grads=mode != "plain",
+                     parallel_hessian=mode == "side")
     t0 = time.perf_counter()
     search_step(model, arch, w_optim, x, y, vx, y, 0.1, 5.0)
     first = time.perf_counter() - t0
@@ -92,7 +100,7 @@ def main() -> None:
     rows = []
     for config in args.configs.split(","):
         for order in args.orders.split(","):
-            for mode in ("plain", "default", "pc4"):
+            for mode in ("plain", "default", "pc4") + (("side",) if order == "second" else ()):
                 out = subprocess.run([sys.executable, __file__, "--one", f"{config}:{mode}:{order}", "--steps",
                                       str(args.steps)], capture_output=True, text=True)
                 if out.returncode:

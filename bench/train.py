@@ -1,7 +1,7 @@
 """Training-step speed of PocketNetS-128 at batch 32 on 2 CPU threads, side by side in one run.
 
 Modes, each in a fresh subprocess (the allocator setting is process-wide):
-  plain      eager float32 NCHW, glibc defaults: what the original code does
+  plain      eager float32 NCHW, torch's PReLU, glibc defaults: what the original code does
   default    pocketnas's default CPU path: channels_last + glibc mallopt + torch.compile of the backbone
   kd         default path + embedding KD from a teacher computed every step (SFace ONNX by default)
   kd_cached  default path + embedding KD with the teacher's embeddings read from pocketnas's cache
@@ -29,7 +29,6 @@ BATCH = 32
 def run_mode(mode: str, steps: int, teacher: str) -> dict:
     import statistics
 
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -37,6 +36,7 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
     from pocketnas.engine.allocator import tune_glibc_malloc
     from pocketnas.engine.teachers import FixedTeacher, TeacherCache, build_fixed_teacher
     from pocketnas.losses import MarginHead, build_distill_loss, build_margin
+    from pocketnas.nas.ops import use_torch_prelu
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -44,6 +44,8 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
     if fast:
         tune_glibc_malloc()
     model = pocketnas.create_model("pocketnet_s_128").train()
+    if not fast:
+        use_torch_prelu(model)  # torch's own PReLU, as the original code
     head = MarginHead(128, 1000, build_margin("arcface"))
     kd_loss = build_distill_loss("embedding", student_dim=128, teacher_dim=128)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9,

@@ -126,3 +126,39 @@ def test_darts_operations_build_a_network():
     model = pocketnas.create_model("pocketnet", genotype=g, channels=8, layers=3, act="relu").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 112, 112)).shape == (1, 128)
+
+
+@pytest.mark.parametrize("shape,n", [((8, 6, 9, 9), 6), ((5, 16), 16), ((4, 5, 6), 1)])
+def test_prelu_fast_backward_equals_torch(shape, n):
+    """pocketnas's PReLU (the cells' activation) against torch's: the same output and input gradient bit for bit,
+    the slope gradient up to summation order, at zero inputs too (torch's convention: slope there), channels_last
+    included; twice differentiable; torch's operation when no gradient is asked for."""
+    from pocketnas.nas.ops import PReLU, _PReLUFunction, use_torch_prelu
+
+    torch.manual_seed(0)
+    ours, ref = PReLU(n), torch.nn.PReLU(n)
+    with torch.no_grad():
+        ours.weight.uniform_(-0.5, 1.5)
+        ref.weight.copy_(ours.weight)
+    x = torch.randn(*shape)
+    x.view(-1)[::7] = 0.0
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(*shape)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    ya.backward(g)
+    yb.backward(g)
+    assert ya.grad_fn is not None and "PReLUFunction" in type(ya.grad_fn).__name__
+    assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+    assert torch.allclose(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+    xd = (torch.randn(*shape[:2], 3, 3, dtype=torch.double) + 0.05).requires_grad_()
+    wd = torch.rand(n, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradgradcheck(_PReLUFunction.apply, (xd, wd))
+    net = torch.nn.Sequential(PReLU(n), torch.nn.Sequential(PReLU(n)))
+    keys = list(net.state_dict())
+    use_torch_prelu(net)
+    assert [type(m) for m in net.modules()][1:] == [torch.nn.PReLU, torch.nn.Sequential, torch.nn.PReLU]
+    assert list(net.state_dict()) == keys

@@ -79,15 +79,18 @@ def test_first_order_alphas_get_gradients_and_move(tmp_path):
     assert history["alpha_entropy_start"] > history["alpha_entropy_end"]
 
 
-def test_second_order_matches_exact_hypergradient(tmp_path):
+@pytest.mark.parametrize("threads", [1, 2], ids=["passes-in-turn", "passes-side-by-side"])
+def test_second_order_matches_exact_hypergradient(tmp_path, threads):
     """The finite-difference Hessian-vector product of the unrolled step against autograd through the unrolled
     step, on a smooth supernet (average pooling, PReLUs at slope 1: no kinks, where a finite difference and
-    autograd's almost-everywhere second derivative would legitimately differ)."""
+    autograd's almost-everywhere second derivative would legitimately differ). With 2 threads the two
+    finite-difference passes run side by side (parallel_hessian), one of them on a helper thread."""
     from torch.func import functional_call
 
     space = tmp_path / "smooth.yaml"
     space.write_text("name: smooth\noperations: [avg_pool_3x3, skip_connect, dw_conv_3x3, dw_conv_1x1, none]\n")
-    cfg = search_config(str(space), None, TINY + ["order=second", "w_weight_decay=0.0", "channels_last=false"],
+    cfg = search_config(str(space), None, TINY + ["order=second", "w_weight_decay=0.0", "channels_last=false",
+                                                   f"threads={threads}", f"parallel_hessian={threads == 2}"],
                         {"data": orl_root()})
     searcher = Searcher(cfg, str(tmp_path / "run"))
     model, arch = searcher.model, searcher.architect
@@ -103,6 +106,8 @@ def test_second_order_matches_exact_hypergradient(tmp_path):
         a.grad = None
     arch._unrolled_backward(x, y, vx, vy, xi, searcher.w_optim)  # a fresh optimizer: no momentum yet
     approx = [a.grad.clone() for a in model.alphas()]
+    assert (arch._pool is not None) == (threads == 2)  # which path ran
+    assert torch.get_num_threads() == threads  # the helper threads' setting did not leak into this one
     weight_ids, alpha_ids = {id(q) for q in model.weights()}, {id(q) for q in model.alphas()}
     params = dict(model.named_parameters())
     names_w = [n for n, p in params.items() if id(p) in weight_ids]
@@ -119,6 +124,37 @@ def test_second_order_matches_exact_hypergradient(tmp_path):
     for e, a in zip(exact, approx):
         assert F.cosine_similarity(e.flatten(), a.flatten(), dim=0) > 0.999
         assert (e - a).norm() / e.norm() < 0.03
+
+
+def test_side_by_side_hessian_passes_equal_the_passes_in_turn(tmp_path):
+    """The two finite-difference passes side by side (parallel_hessian: w- in the virtual network on a helper
+    thread) against the passes in turn, on the same state: the same alpha gradients, the network's weights back
+    where they were, and the weights' requires_grad restored after they were frozen for the passes."""
+    searcher = Searcher(tiny("order=second", "threads=2"), str(tmp_path))
+    model, arch = searcher.model, searcher.architect
+    torch.manual_seed(3)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 40, (8,))
+    arch._virtual_step(x, y, 0.05, searcher.w_optim)  # makes the virtual network the parallel path borrows
+    weights = [w.detach().clone() for w in model.weights()]
+    dw = [torch.randn_like(w) * 1e-2 for w in weights]
+    both = []
+    for parallel in (True, False):
+        arch.parallel_hessian = parallel
+        both.append(arch._hessian_vector(dw, x, y))
+        assert all(torch.allclose(w, w0, atol=1e-6) for w, w0 in zip(model.weights(), weights))
+        assert all(w.requires_grad for net in (model, arch.v_net) for w in net.weights())
+    searcher.close()
+    for side_by_side, in_turn in zip(*both):
+        assert in_turn.abs().max() > 0
+        assert torch.allclose(side_by_side, in_turn, rtol=1e-3, atol=1e-3 * float(in_turn.abs().max()))
+
+
+def test_plain_formulation_is_the_original_one(tmp_path):
+    searcher = Searcher(tiny("order=second", "plain=true"), str(tmp_path))
+    prelus = [m for m in searcher.model.modules() if isinstance(m, torch.nn.PReLU)]
+    assert prelus and all(type(m) is torch.nn.PReLU for m in prelus)
+    assert not searcher.architect.parallel_hessian and not searcher.architect.only_needed_grads
+    searcher.close()
 
 
 def test_second_order_search_runs(tmp_path):

@@ -28,10 +28,65 @@ OPS: Registry[OpBuilder] = Registry("operation")
 ACTIVATIONS = ("prelu", "relu")
 
 
+class _PReLUFunction(torch.autograd.Function):
+    """PReLU (He et al., "Delving Deep into Rectifiers", ICCV 2015, eq. 1: f(x) = max(0, x) + a min(0, x)) with
+    torch's forward kernel and a backward written in vectorised elementwise operations.
+
+    Backward: dL/dx = g where x > 0, else a g; dL/da = sum over the non-channel axes of g x where x <= 0. The same
+    values as torch's kernel (the input gradient bit for bit, the slope gradient up to summation order), but torch
+    2.13's CPU ``_prelu_kernel_backward`` takes about 390 us on a 32x8x28x28 tensor, 11x its forward, and was a
+    fifth of a search step (profiled on the CPU search configuration); this one takes a third of that."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.prelu(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        g_pos = torch.ops.aten.threshold_backward(grad, x, 0)  # grad where x > 0, else 0
+        g_neg = grad - g_pos                                    # grad where x <= 0, else 0 (exact)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addcmul(g_pos, g_neg, weight.view(1, -1, *([1] * (x.dim() - 2))))
+        if ctx.needs_input_grad[1]:
+            dims = [0] + list(range(2, x.dim())) if weight.numel() > 1 else list(range(x.dim()))
+            grad_w = (g_neg * x).sum(dims).view_as(weight)
+        return grad_x, grad_w
+
+
+class PReLU(nn.PReLU):
+    """``nn.PReLU`` (same parameter, same state-dict key, same values) whose backward pass on CPU is two to three
+    times faster (see :class:`_PReLUFunction`). Inference, CUDA, tracing, compilation and export use torch's own
+    operation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.device.type == "cpu"
+                and x.dim() >= 2 and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling()):
+            return _PReLUFunction.apply(x, self.weight)
+        return F.prelu(x, self.weight)
+
+
+def use_torch_prelu(module: nn.Module) -> nn.Module:
+    """Replace every pocketnas :class:`PReLU` in ``module`` by torch's ``nn.PReLU`` with the same slopes (the
+    plain formulation that benchmarks compare against); returns ``module``."""
+    for name, child in list(module.named_children()):
+        if type(child) is PReLU:
+            plain = nn.PReLU(child.num_parameters).to(child.weight.device)
+            with torch.no_grad():
+                plain.weight.copy_(child.weight)
+            setattr(module, name, plain)
+        else:
+            use_torch_prelu(child)
+    return module
+
+
 def activation(name: str, channels: int) -> nn.Module:
     """PocketNet uses PReLU everywhere DARTS used ReLU."""
     if name == "prelu":
-        return nn.PReLU(channels)
+        return PReLU(channels)
     if name == "relu":
         return nn.ReLU(inplace=False)
     raise ValueError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})")

@@ -34,10 +34,11 @@ from ..engine.trainer import rng_state, set_rng_state
 from ..losses.heads import MarginHead
 from ..losses.margins import MARGINS, build_margin
 from ..models.checkpoint import atomic_torch_save
-from .architect import Architect
+from .architect import Architect, frozen
 from .budget import build_cost_model, parse_amount
 from .cell_diagram import draw_genotype
 from .genotype import Genotype
+from .ops import use_torch_prelu
 from .space import load_space
 from .supernet import Supernet, count_skips
 
@@ -55,7 +56,10 @@ class SearchConfig:
     embedding_size: int = 128
     input_size: int = 112
     partial_k: int = 1                      # PC-DARTS: 1/k of the channels through the mixed operations
-    plain: bool = False                     # compute every operation, none included (the original formulation)
+    plain: bool = False                     # the original formulation: every operation (none too) and every
+                                            # gradient computed, torch's PReLU
+    parallel_hessian: bool = False          # second order on CPU: the two finite-difference passes side by side
+                                            # (faster, but two graphs in memory at once)
     # data
     batch_size: int = 64
     workers: int = 2
@@ -232,6 +236,8 @@ class Searcher:
         self.steps_per_epoch = min(self.train_sampler.batches, self.val_sampler.batches)
         supernet = Supernet(self.space, self.faces.num_classes, cfg.channels, cfg.layers, cfg.stem_multiplier,
                             cfg.embedding_size, cfg.input_size, cfg.partial_k, skip_none=not cfg.plain)
+        if cfg.plain:
+            use_torch_prelu(supernet)
         if cfg.loss == "softmax":
             head: nn.Module = nn.Linear(cfg.embedding_size, self.faces.num_classes)
         else:
@@ -264,7 +270,8 @@ class Searcher:
         self.budget = (metric, target)
         hook = (lambda params: dist_utils.average_gradients(env, params)) if env.distributed else None
         self.architect = Architect(self.model, self._loss, cfg.w_momentum, cfg.w_weight_decay, self.a_optim,
-                                   cfg.order, budget_fn, hook)
+                                   cfg.order, budget_fn, hook, only_needed_grads=not cfg.plain,
+                                   parallel_hessian=cfg.parallel_hessian and not cfg.plain)
         n_w = sum(p.numel() for p in self.model.weights())
         n_a = sum(p.numel() for p in self.model.alphas())
         logger.info("search space %s (%d operations), supernet %d cells x %d channels at %dx%d: %s weights, %d "
@@ -450,6 +457,7 @@ class Searcher:
                     math.log(len(self.space.operations)), 100 * self.history["best_val_acc"])
 
     def close(self) -> None:
+        self.architect.close()
         close_run_log(self.tb, self._log_handler)
         dist_utils.teardown(self.env)
 
@@ -461,19 +469,12 @@ def search_step(model: SearchModel, architect: Architect, w_optim: torch.optim.O
     val_loss = architect.step(tx, ty, vx, vy, lr, w_optim)
     w_optim.zero_grad(set_to_none=True)
     ctx = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else torch.autocast("cpu", enabled=False)
-    freeze = architect.only_needed_grads
-    if freeze:  # the weight step needs no alpha gradients: skip their reductions in the backward pass
-        for a in model.alphas():
-            a.requires_grad_(False)
-    try:
+    # the weight step needs no alpha gradients: skip their reductions in the backward pass
+    with frozen(model.alphas() if architect.only_needed_grads else []):
         with ctx:
             logits = model.logits(tx, ty).float()
         loss = F.cross_entropy(logits, ty)
         loss.backward()
-    finally:
-        if freeze:
-            for a in model.alphas():
-                a.requires_grad_(True)
     if env is not None:
         dist_utils.average_gradients(env, model.weights())
     nn.utils.clip_grad_norm_(model.weights(), grad_clip)
