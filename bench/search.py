@@ -2,24 +2,24 @@
 partial channels (k=4), first and second order, at the original configuration and the recommended CPU one.
 
   plain    every operation of every edge computed (none included), every gradient computed in both steps (as
-           pt.darts), torch's PReLU, the two finite-difference passes of second order one after the other, NCHW,
-           glibc malloc defaults
+           pt.darts), torch's PReLU, NCHW, glibc malloc defaults
   default  none skipped (exact: its output is zero), only the gradients each step uses (alphas in the first-order
            architecture step and the finite-difference passes, with the weights frozen there; weights in the
            weight step), pocketnas's PReLU (same values, faster CPU backward), channels_last, glibc mallopt
   pc4      default + PC-DARTS partial channels, 1/4 of the channels through the mixed operations
-  side     (second order) default + the two finite-difference passes side by side on two threads
-           (``--set parallel_hessian=true``): faster, but two graphs in memory at once
 
-Each measurement runs in a fresh subprocess (peak RSS is per process); synthetic batches, 1000 identities.
+Each measurement runs in a fresh subprocess (peak RSS is per process); synthetic batches, 1000 identities. With
+``--rounds R`` the modes of a (config, order) pair run in turn R times (plain, default, ..., plain, default, ...)
+and each mode reports its median over the rounds, so a machine that slows down for a minute slows every mode.
 
-    python bench/search.py [--steps 3] [--configs original,cpu] [--orders first,second]
+    python bench/search.py [--steps 3] [--rounds 1] [--configs original,cpu] [--orders first,second]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -36,7 +36,6 @@ CONFIGS = {
 
 def measure(config: str, mode: str, order: str, steps: int) -> dict:
     import resource
-    import statistics
     import time
 
     import torch
@@ -71,8 +70,7 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
     def loss_fn(m, a, b):
         return torch.nn.functional.cross_entropy(m.logits(a, b), b)
 
-    arch = Architect(model, loss_fn, 0.9, 3e-4, a_optim, order, only_needed_grads=mode != "plain",
-                     parallel_hessian=mode == "side")
+    arch = Architect(model, loss_fn, 0.9, 3e-4, a_optim, order, only_needed_grads=mode != "plain")
     t0 = time.perf_counter()
     search_step(model, arch, w_optim, x, y, vx, y, 0.1, 5.0)
     first = time.perf_counter() - t0
@@ -88,6 +86,7 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--configs", default="original,cpu")
     p.add_argument("--orders", default="first,second")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -100,16 +99,23 @@ def main() -> None:
     rows = []
     for config in args.configs.split(","):
         for order in args.orders.split(","):
-            for mode in ("plain", "default", "pc4") + (("side",) if order == "second" else ()):
-                out = subprocess.run([sys.executable, __file__, "--one", f"{config}:{mode}:{order}", "--steps",
-                                      str(args.steps)], capture_output=True, text=True)
-                if out.returncode:
-                    print(f"{config} {order} {mode}: failed\n{out.stderr[-1500:]}")
-                    continue
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                r = rows[-1]
-                print(f"  measured {config:8s} {order:6s} {mode:7s} {r['step_s']:7.2f} s/step  "
-                      f"{r['peak_rss_gb']:5.2f} GB", flush=True)
+            modes = ("plain", "default", "pc4")
+            runs: dict = {mode: [] for mode in modes}
+            for _ in range(args.rounds):
+                for mode in modes:
+                    out = subprocess.run([sys.executable, __file__, "--one", f"{config}:{mode}:{order}", "--steps",
+                                          str(args.steps)], capture_output=True, text=True)
+                    if out.returncode:
+                        print(f"{config} {order} {mode}: failed\n{out.stderr[-1500:]}")
+                        continue
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    runs[mode].append(r)
+                    print(f"  measured {config:8s} {order:6s} {mode:7s} {r['step_s']:7.2f} s/step  "
+                          f"{r['peak_rss_gb']:5.2f} GB", flush=True)
+            for mode, done in runs.items():
+                if done:
+                    rows.append({**done[0], "step_s": statistics.median(r["step_s"] for r in done),
+                                 "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in done)})
     print(f"\n{'config':<10}{'order':<8}{'mode':<9}{'s/step':>8}{'vs plain':>10}{'peak RSS GB':>13}{'vs plain':>10}")
     for r in rows:
         base = next(b for b in rows if b["config"] == r["config"] and b["order"] == r["order"] and b["mode"] == "plain")

@@ -162,3 +162,40 @@ def test_prelu_fast_backward_equals_torch(shape, n):
     use_torch_prelu(net)
     assert [type(m) for m in net.modules()][1:] == [torch.nn.PReLU, torch.nn.Sequential, torch.nn.PReLU]
     assert list(net.state_dict()) == keys
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_narrow_channels_last_batchnorm_equals_torch(momentum):
+    """The search operations' BatchNorm against torch's on narrow channels-last maps (its own path) and on the
+    others (torch's): the same output, input gradient and running statistics over several steps, then the same
+    inference output; the state-dict keys are torch's; a second derivative through its own path is refused."""
+    from pocketnas.nas.ops import BatchNorm2d
+
+    torch.manual_seed(0)
+    for channels, channels_last, own_path in [(8, True, True), (8, False, False), (16, True, False)]:
+        ours = BatchNorm2d(channels, affine=False, momentum=momentum)
+        ref = torch.nn.BatchNorm2d(channels, affine=False, momentum=momentum)
+        assert list(ours.state_dict()) == list(ref.state_dict())
+        for _ in range(3):
+            x = torch.randn(4, channels, 5, 5) * 3 + 1
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            g = torch.randn_like(x)
+            ya, yb = ours(xa), ref(xb)
+            assert ("Narrow" in type(ya.grad_fn).__name__) == own_path
+            ya.backward(g)
+            yb.backward(g)
+            assert torch.allclose(ya, yb, atol=2e-6) and torch.allclose(xa.grad, xb.grad, atol=2e-6)
+            assert ya.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert torch.allclose(ours.running_mean, ref.running_mean, atol=1e-6)
+        assert torch.allclose(ours.running_var, ref.running_var, atol=1e-5)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+        ours.eval()
+        ref.eval()
+        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    bn = BatchNorm2d(8, affine=False)
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    (dx,) = torch.autograd.grad(bn(x).pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice|once"):
+        dx.sum().backward()

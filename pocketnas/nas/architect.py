@@ -14,21 +14,12 @@ An optional budget term (see :mod:`pocketnas.nas.budget`) adds its gradient to t
 
 Only the alphas' gradients are asked of the two finite-difference passes, so the weights are frozen while they
 run: autograd then keeps no tensor that only a weight gradient would need (less time and memory, the same values).
-
-``parallel_hessian`` (CPU, off by default): the two passes are independent, so they can run at the same time on
-two threads, each with half the intra-op threads: ``w+`` in the network on the calling thread, ``w-`` in the (by
-then free) virtual network on a helper thread. Small search tensors use two threads poorly (a second-order step on
-the CPU configuration is only 1.18x faster on 2 threads than on 1), so the pair takes little longer than one pass;
-but two graphs are alive at once, which costs memory (see the README's search benchmark). The values are those of
-the passes in turn (up to the float rounding of w +- eps v); BatchNorm's running statistics, which no search pass
-reads (every pass is in training mode), then see one of the two batches instead of both.
 """
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional
 
 import torch
 import torch.nn as nn
@@ -54,8 +45,7 @@ class Architect:
     def __init__(self, net: nn.Module, loss_fn: LossFn, w_momentum: float, w_weight_decay: float,
                  alpha_optimizer: torch.optim.Optimizer, order: str = "first",
                  budget_fn: Optional[Callable[[], torch.Tensor]] = None,
-                 grad_hook: Optional[Callable[[List[nn.Parameter]], None]] = None, only_needed_grads: bool = True,
-                 parallel_hessian: bool = False):
+                 grad_hook: Optional[Callable[[List[nn.Parameter]], None]] = None, only_needed_grads: bool = True):
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', not {order!r}")
         self.net, self.loss_fn = net, loss_fn
@@ -67,9 +57,6 @@ class Architect:
         # first order: differentiate for the alphas only (no weight gradients are computed just to be dropped)
         self.only_needed_grads = only_needed_grads
         self.v_net: Optional[nn.Module] = None
-        # second order on CPU: the two finite-difference passes side by side (see the module docstring)
-        self.parallel_hessian = parallel_hessian
-        self._pool: Optional[ThreadPoolExecutor] = None
 
     def step(self, train_x, train_y, val_x, val_y, xi: float, w_optimizer: torch.optim.Optimizer) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -134,31 +121,8 @@ class Architect:
         eps = 0.01 / max(float(norm), 1e-12)
         weights = list(self.net.weights())
         alphas = self.net.alphas()
-        threads = torch.get_num_threads()
         # only the alphas' gradients are asked for: with the weights frozen, autograd keeps no tensor for them
-        nets = [net for net in (self.net, self.v_net) if net is not None]
-        with frozen([p for net in nets for p in net.weights()] if self.only_needed_grads else []):
-            d_pos, d_neg = self._finite_difference_passes(weights, alphas, dw, eps, train_x, train_y, threads)
-        return [(p - n) / (2 * eps) for p, n in zip(d_pos, d_neg)]
-
-    def _finite_difference_passes(self, weights, alphas, dw, eps, train_x, train_y, threads):
-        if self.parallel_hessian and self.v_net is not None and train_x.device.type == "cpu" and threads >= 2:
-            with torch.no_grad():
-                for p, vp, d in zip(weights, self.v_net.weights(), dw):
-                    torch.add(p, d, alpha=-eps, out=vp)
-                    p.add_(d, alpha=eps)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="pocketnas-hessian")
-            job = self._pool.submit(_alpha_gradients, self.v_net, self.loss_fn, train_x, train_y, threads // 2)
-            try:  # w+ here, where the memory the unrolled pass just freed is at hand
-                d_pos = _alpha_gradients(self.net, self.loss_fn, train_x, train_y, threads - threads // 2)
-            finally:
-                d_neg = job.result()
-                torch.set_num_threads(threads)
-            with torch.no_grad():
-                for p, d in zip(weights, dw):
-                    p.sub_(d, alpha=eps)
-        else:
+        with frozen(weights if self.only_needed_grads else []):
             with torch.no_grad():
                 for p, d in zip(weights, dw):
                     p.add_(d, alpha=eps)
@@ -170,18 +134,4 @@ class Architect:
             with torch.no_grad():
                 for p, d in zip(weights, dw):
                     p.add_(d, alpha=eps)
-        return d_pos, d_neg
-
-    def close(self) -> None:
-        """Stop the helper thread of the side-by-side finite-difference passes (started on first use)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-
-def _alpha_gradients(net: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                     threads: int) -> Tuple[torch.Tensor, ...]:
-    """grad_alpha of the training loss with ``threads`` intra-op threads (with OpenMP the setting is per thread, so
-    the helper thread's does not reach the caller's)."""
-    torch.set_num_threads(max(1, threads))
-    return torch.autograd.grad(loss_fn(net, x, y), net.alphas())
+        return [(p - n) / (2 * eps) for p, n in zip(d_pos, d_neg)]

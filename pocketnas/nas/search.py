@@ -58,8 +58,6 @@ class SearchConfig:
     partial_k: int = 1                      # PC-DARTS: 1/k of the channels through the mixed operations
     plain: bool = False                     # the original formulation: every operation (none too) and every
                                             # gradient computed, torch's PReLU
-    parallel_hessian: bool = False          # second order on CPU: the two finite-difference passes side by side
-                                            # (faster, but two graphs in memory at once)
     # data
     batch_size: int = 64
     workers: int = 2
@@ -270,8 +268,7 @@ class Searcher:
         self.budget = (metric, target)
         hook = (lambda params: dist_utils.average_gradients(env, params)) if env.distributed else None
         self.architect = Architect(self.model, self._loss, cfg.w_momentum, cfg.w_weight_decay, self.a_optim,
-                                   cfg.order, budget_fn, hook, only_needed_grads=not cfg.plain,
-                                   parallel_hessian=cfg.parallel_hessian and not cfg.plain)
+                                   cfg.order, budget_fn, hook, only_needed_grads=not cfg.plain)
         n_w = sum(p.numel() for p in self.model.weights())
         n_a = sum(p.numel() for p in self.model.alphas())
         logger.info("search space %s (%d operations), supernet %d cells x %d channels at %dx%d: %s weights, %d "
@@ -457,7 +454,6 @@ class Searcher:
                     math.log(len(self.space.operations)), 100 * self.history["best_val_acc"])
 
     def close(self) -> None:
-        self.architect.close()
         close_run_log(self.tb, self._log_handler)
         dist_utils.teardown(self.env)
 

@@ -44,12 +44,21 @@ class MixedOp(nn.Module):
         self.compute = [i for i, name in enumerate(self.names) if not (skip_none and name == "none")]
         self.ops = nn.ModuleList(make_op(name, inner, stride, affine=False, act=act) for name in self.names)
 
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = None
+        for i in self.compute:
+            op = self.ops[i]
+            # operations ending in BatchNorm take their weight as its scale (no multiplication of their own)
+            y = op(x, weights[i]) if getattr(op, "scales_output", False) else weights[i] * op(x)
+            out = y if out is None else out + y
+        return out
+
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.k == 1:
-            return sum(weights[i] * self.ops[i](x) for i in self.compute)
+            return self._mix(x, weights)
         c = x.shape[1] // self.k
         xa, xb = x[:, :c], x[:, c:]
-        out = sum(weights[i] * self.ops[i](xa) for i in self.compute)
+        out = self._mix(xa, weights)
         if self.stride == 2:
             xb = F.max_pool2d(xb, 2, 2, ceil_mode=True)
         return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
