@@ -57,7 +57,7 @@ class SearchConfig:
     input_size: int = 112
     partial_k: int = 1                      # PC-DARTS: 1/k of the channels through the mixed operations
     plain: bool = False                     # the original formulation: every operation (none too) and every
-                                            # gradient computed, torch's PReLU
+                                            # gradient computed, torch's PReLU and BatchNorm kernels, NCHW
     # data
     batch_size: int = 64
     workers: int = 2
@@ -242,7 +242,7 @@ class Searcher:
             kw = {"s": cfg.margin_s, **({"m": cfg.margin_m} if cfg.margin_m is not None else {})}
             head = MarginHead(cfg.embedding_size, self.faces.num_classes, build_margin(cfg.loss, **kw))
         self.model = SearchModel(supernet, head).to(env.device)
-        if cfg.channels_last:
+        if cfg.channels_last and not cfg.plain:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda = env.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.cuda and cfg.amp and torch.cuda.is_bf16_supported() else None
@@ -287,7 +287,7 @@ class Searcher:
 
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images.to(self.env.device, non_blocking=True), "arcface")
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and not self.cfg.plain else x
 
     def lr_at(self, epoch: int) -> float:
         c = self.cfg
