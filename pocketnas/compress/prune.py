@@ -24,9 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
-logger = logging.getLogger(__name__)
-
 from . import METHODS
+
+logger = logging.getLogger(__name__)
 
 
 def prunable_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:

@@ -28,6 +28,13 @@ OPS: Registry[OpBuilder] = Registry("operation")
 ACTIVATIONS = ("prelu", "relu")
 
 
+def _eager_cpu(x: torch.Tensor) -> bool:
+    """Whether pocketnas's own CPU kernels below may run on ``x``: eager CPU work, not tracing, ONNX export or
+    ``torch.compile`` (which see torch's operations)."""
+    return (x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+            and not torch.compiler.is_compiling())
+
+
 class _PReLUFunction(torch.autograd.Function):
     """PReLU (He et al., "Delving Deep into Rectifiers", ICCV 2015, eq. 1: f(x) = max(0, x) + a min(0, x)) with
     torch's forward kernel and a backward written in vectorised elementwise operations.
@@ -62,9 +69,8 @@ class PReLU(nn.PReLU):
     operation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.device.type == "cpu"
-                and x.dim() >= 2 and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-                and not torch.compiler.is_compiling()):
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.dim() >= 2
+                and _eager_cpu(x)):
             return _PReLUFunction.apply(x, self.weight)
         return F.prelu(x, self.weight)
 
@@ -127,11 +133,9 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch_stats = self.training or not self.track_running_stats
-        if (batch_stats and not self.affine and x.dim() == 4 and x.shape[1] < 16 and x.device.type == "cpu"
-                and x.dtype == torch.float32 and x.shape[0] * x.shape[2] * x.shape[3] > 1
-                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-                and not torch.compiler.is_compiling()):
+        if (batch_stats and not self.affine and x.dim() == 4 and x.shape[1] < 16 and x.dtype == torch.float32
+                and x.shape[0] * x.shape[2] * x.shape[3] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous() and _eager_cpu(x)):
             y, mean, var = _NarrowChannelsLastBatchNorm.apply(x, x.new_ones(()) if scale is None else scale,
                                                              self.eps)
             if self.training and self.track_running_stats:
@@ -183,11 +187,9 @@ class DwConv(nn.Module):
             BatchNorm2d(c_out, affine=affine),
         )
 
-    scales_output = True  # forward(x, scale) = scale * forward(x), the scale folded into the BatchNorm
+    scales_output = True  # forward(x, scale) = scale * forward(x), the scale passed to the closing BatchNorm
 
     def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if scale is None:
-            return self.net(x)
         act, depthwise, pointwise, bn = self.net
         return bn(pointwise(depthwise(act(x))), scale)
 

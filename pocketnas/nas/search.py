@@ -242,7 +242,8 @@ class Searcher:
             kw = {"s": cfg.margin_s, **({"m": cfg.margin_m} if cfg.margin_m is not None else {})}
             head = MarginHead(cfg.embedding_size, self.faces.num_classes, build_margin(cfg.loss, **kw))
         self.model = SearchModel(supernet, head).to(env.device)
-        if cfg.channels_last and not cfg.plain:
+        self.channels_last = cfg.channels_last and not cfg.plain  # the plain formulation is NCHW
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda = env.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.cuda and cfg.amp and torch.cuda.is_bf16_supported() else None
@@ -287,7 +288,7 @@ class Searcher:
 
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images.to(self.env.device, non_blocking=True), "arcface")
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and not self.cfg.plain else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def lr_at(self, epoch: int) -> float:
         c = self.cfg
