@@ -43,7 +43,7 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
 
     from pocketnas.engine.allocator import tune_glibc_malloc
     from pocketnas.nas.architect import Architect
-    from pocketnas.nas.ops import use_torch_prelu
+    from pocketnas.nas.ops import use_torch_kernels
     from pocketnas.nas.search import SearchModel, search_step
     from pocketnas.nas.space import load_space
     from pocketnas.nas.supernet import Supernet
@@ -57,7 +57,7 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
     net = Supernet(space, 1000, c["channels"], c["layers"], 3, 128, c["size"], partial_k=4 if mode == "pc4" else 1,
                    skip_none=mode != "plain")
     if mode == "plain":
-        use_torch_prelu(net)
+        use_torch_kernels(net)
     model = SearchModel(net, torch.nn.Linear(128, 1000))
     x = torch.randn(c["batch"], 3, c["size"], c["size"])
     vx = torch.randn(c["batch"], 3, c["size"], c["size"])

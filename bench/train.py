@@ -36,7 +36,7 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
     from pocketnas.engine.allocator import tune_glibc_malloc
     from pocketnas.engine.teachers import FixedTeacher, TeacherCache, build_fixed_teacher
     from pocketnas.losses import MarginHead, build_distill_loss, build_margin
-    from pocketnas.nas.ops import use_torch_prelu
+    from pocketnas.nas.ops import use_torch_kernels
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
         tune_glibc_malloc()
     model = pocketnas.create_model("pocketnet_s_128").train()
     if not fast:
-        use_torch_prelu(model)  # torch's own PReLU, as the original code
+        use_torch_kernels(model)  # torch's own kernels (PReLU, depthwise convolution), as the original code
     head = MarginHead(128, 1000, build_margin("arcface"))
     kd_loss = build_distill_loss("embedding", student_dim=128, teacher_dim=128)
     opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9,

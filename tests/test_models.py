@@ -133,7 +133,7 @@ def test_prelu_fast_backward_equals_torch(shape, n):
     """pocketnas's PReLU (the cells' activation) against torch's: the same output and input gradient bit for bit,
     the slope gradient up to summation order, at zero inputs too (torch's convention: slope there), channels_last
     included; twice differentiable; torch's operation when no gradient is asked for."""
-    from pocketnas.nas.ops import PReLU, _PReLUFunction, use_torch_prelu
+    from pocketnas.nas.ops import PReLU, _PReLUFunction, use_torch_kernels
 
     torch.manual_seed(0)
     ours, ref = PReLU(n), torch.nn.PReLU(n)
@@ -159,9 +159,89 @@ def test_prelu_fast_backward_equals_torch(shape, n):
     assert torch.autograd.gradgradcheck(_PReLUFunction.apply, (xd, wd))
     net = torch.nn.Sequential(PReLU(n), torch.nn.Sequential(PReLU(n)))
     keys = list(net.state_dict())
-    use_torch_prelu(net)
+    use_torch_kernels(net)
     assert [type(m) for m in net.modules()][1:] == [torch.nn.PReLU, torch.nn.Sequential, torch.nn.PReLU]
     assert list(net.state_dict()) == keys
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(5, 1, 1), (7, 1, 1), (7, 2, 1), (5, 2, 1), (3, 1, 2),
+                                                     (5, 1, 2), (3, 1, 1)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_depthwise_conv_weight_gradient_equals_torch(kernel, stride, dilation, channels_last):
+    """pocketnas's depthwise convolution against torch's: the same output and input gradient bit for bit, the
+    weight gradient (computed as a convolution of its own past 3x3) equal up to summation order; the same
+    state-dict key; twice differentiable; torch's operation for 3x3 and when the weight needs no gradient."""
+    from pocketnas.nas.ops import DepthwiseConv2d, _DepthwiseConvFunction
+
+    torch.manual_seed(kernel * 10 + stride)
+    padding = dilation * (kernel // 2)
+    ours = DepthwiseConv2d(8, kernel, stride, padding, dilation)
+    ref = torch.nn.Conv2d(8, 8, kernel, stride, padding, dilation=dilation, groups=8, bias=False)
+    ref.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(ref.state_dict()) == ["weight"]
+    x = torch.randn(6, 8, 15, 15)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    own = dilation * (kernel - 1) + 1 > 3
+    assert ("DepthwiseConvFunction" in type(ya.grad_fn).__name__) == own
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+    assert torch.allclose(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    assert ya.is_contiguous(memory_format=torch.channels_last) == channels_last
+    ours.weight.requires_grad_(False)
+    assert "DepthwiseConvFunction" not in type(ours(xa).grad_fn).__name__
+    xd = torch.randn(2, 3, 9, 9, dtype=torch.double, requires_grad=True)
+    wd = torch.randn(3, 1, kernel, kernel, dtype=torch.double, requires_grad=True)
+    conf = ((stride, stride), (padding, padding), (dilation, dilation))
+    assert torch.autograd.gradgradcheck(lambda a, b: _DepthwiseConvFunction.apply(a, b, *conf), (xd, wd))
+
+
+@pytest.mark.parametrize("count_include_pad", [False, True])
+def test_average_pool_as_convolution_equals_torch(count_include_pad):
+    """pocketnas's average pool (a constant-kernel depthwise convolution on large channels-last maps) against
+    torch's: the same output and input gradient up to float rounding, channels-last kept, map sizes changing
+    between calls (the window counts follow); torch's own operation on small maps, strides above 1 and NCHW."""
+    from pocketnas.nas.ops import AvgPool2d
+
+    torch.manual_seed(0)
+    ours = AvgPool2d(3, 1, 1, count_include_pad=count_include_pad)
+    for shape in [(4, 8, 15, 17), (2, 8, 28, 28), (4, 8, 15, 17)]:
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), torch.nn.functional.avg_pool2d(xb, 3, 1, 1, count_include_pad=count_include_pad)
+        assert type(ya.grad_fn).__name__ == "MulBackward0"  # the convolution path
+        g = torch.randn_like(yb)
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.allclose(ya, yb, atol=1e-6) and torch.allclose(xa.grad, xb.grad, atol=1e-6)
+        assert ya.is_contiguous(memory_format=torch.channels_last)
+    small = torch.randn(2, 8, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert "AvgPool" in type(ours(small).grad_fn).__name__
+    assert "AvgPool" in type(ours(x.contiguous().requires_grad_()).grad_fn).__name__
+    strided = AvgPool2d(3, 2, 1, count_include_pad=count_include_pad)
+    assert "AvgPool" in type(strided(x.requires_grad_()).grad_fn).__name__
+
+
+def test_own_cpu_kernels_step_aside_during_onnx_export(tmp_path):
+    """The export check pocketnas's own kernels make (flags imported once) says what torch's own function says,
+    inside an ONNX export and outside it."""
+    pytest.importorskip("onnx")
+    from pocketnas.nas.ops import _eager_cpu, _in_onnx_export
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((_in_onnx_export(), torch.onnx.is_in_onnx_export(), _eager_cpu(x)))
+            return x * 2
+
+    torch.onnx.export(Probe(), (torch.randn(1, 3),), str(tmp_path / "probe.onnx"), dynamo=False)
+    assert seen and all(ours and theirs and not eager for ours, theirs, eager in seen)
+    assert _in_onnx_export() is False and torch.onnx.is_in_onnx_export() is False and _eager_cpu(torch.ones(1))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

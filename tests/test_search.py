@@ -12,7 +12,7 @@ from pocketnas.data import orl_root
 from pocketnas.nas.genotype import Genotype
 from pocketnas.nas.search import Searcher, search, search_config, stratified_split
 from pocketnas.nas.space import SearchSpaceError, load_space
-from pocketnas.nas.supernet import Supernet, count_skips, derive_genotype
+from pocketnas.nas.supernet import Supernet, channel_shuffle, count_skips, derive_genotype
 
 from conftest import REPO
 
@@ -61,6 +61,23 @@ def test_supernet_runs_at_56_and_partial_channels():
     assert net(torch.randn(2, 3, 56, 56)).shape == (2, 128)
     assert {id(p) for p in net.weights()}.isdisjoint({id(a) for a in net.alphas()})
 
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_channel_shuffle_keeps_channels_last(groups):
+    x = torch.randn(2, 16, 5, 7)
+    expected = torch.stack([x[:, g * (16 // groups) + i] for i in range(16 // groups) for g in range(groups)], 1)
+    assert torch.equal(channel_shuffle(x, groups), expected)
+    y = channel_shuffle(x.contiguous(memory_format=torch.channels_last), groups)
+    assert torch.equal(y, expected) and y.is_contiguous(memory_format=torch.channels_last)
+    # a partial-channel supernet stays channels-last all the way (the shuffle used to turn it NCHW)
+    net = Supernet(load_space("pocketnet"), 10, channels=8, layers=3, input_size=32, partial_k=groups)
+    net = net.to(memory_format=torch.channels_last)
+    seen = []
+    for cell in net.cells:
+        cell.register_forward_hook(lambda m, i, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    net(torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert seen == [True] * 3
 
 def test_first_order_alphas_get_gradients_and_move(tmp_path):
     searcher = Searcher(tiny(), str(tmp_path))
@@ -143,10 +160,56 @@ def test_hessian_passes_with_frozen_weights_equal_the_plain_ones(tmp_path):
         assert torch.allclose(frozen_w, plain, rtol=1e-4, atol=1e-4 * float(plain.abs().max()))
 
 
+def test_virtual_step_is_the_unrolled_formula_bit_for_bit(tmp_path):
+    """w' = w - xi * (m + g + wd * w) (pt.darts's virtual step, momentum and weight decay included) computed for all
+    weights at once gives, bit for bit, the formula applied weight by weight; with momentum on some weights only
+    (no buffer yet on the others) too. The virtual network's weight list is its own."""
+    searcher = Searcher(tiny("order=second", "w_weight_decay=0.01"), str(tmp_path))
+    model, arch, w_optim = searcher.model, searcher.architect, searcher.w_optim
+    torch.manual_seed(5)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 40, (8,))
+    weights = model.weights()
+    for i, w in enumerate(weights):  # a momentum buffer on every other weight
+        w.grad = torch.randn_like(w) if i % 2 == 0 else None
+    w_optim.step()
+    assert 0 < sum("momentum_buffer" in w_optim.state.get(w, {}) for w in weights) < len(weights)
+    xi = 0.07
+    arch._virtual_step(x, y, xi, w_optim)
+    grads = torch.autograd.grad(F.cross_entropy(model.logits(x, y), y), weights)
+    for w, vw, g in zip(weights, arch.v_net.weights(), grads):
+        buf = w_optim.state.get(w, {}).get("momentum_buffer")
+        m = buf * 0.9 if buf is not None else 0.0
+        assert torch.equal(vw, w - xi * (m + g + 0.01 * w))
+    assert {id(p) for p in arch.v_net.weights()}.isdisjoint({id(p) for p in model.weights()})
+    assert [id(p) for p in arch.v_net.weights()] == [id(p) for p in arch._v_weights]
+    searcher.close()
+
+
+def test_weight_list_is_kept_and_dropped_on_conversion():
+    net = Supernet(load_space("pocketnet"), 10, channels=4, layers=3, input_size=32)
+    from pocketnas.nas.search import SearchModel
+
+    model = SearchModel(net, torch.nn.Linear(128, 10))
+    first = model.weights()
+    assert [id(p) for p in first] == [id(p) for p in model.weights()] and first is not model.weights()
+    assert len(first) == len(list(model.parameters())) - len(model.alphas())
+    model.head = torch.nn.Linear(128, 7)  # replacing a submodule: forget_weights() makes it seen
+    model.forget_weights()
+    assert id(model.head.weight) in {id(p) for p in model.weights()}
+    model.double()
+    assert all(p.dtype == torch.float64 for p in model.weights())
+
+
 def test_plain_formulation_is_the_original_one(tmp_path):
     searcher = Searcher(tiny("order=second", "plain=true"), str(tmp_path))
     prelus = [m for m in searcher.model.modules() if isinstance(m, torch.nn.PReLU)]
     assert prelus and all(type(m) is torch.nn.PReLU for m in prelus)
+    from pocketnas.nas.ops import BatchNorm2d, DepthwiseConv2d
+
+    depthwise = [m for m in searcher.model.modules() if isinstance(m, DepthwiseConv2d)]
+    norms = [m for m in searcher.model.modules() if isinstance(m, BatchNorm2d)]
+    assert depthwise and not any(m.own_weight_grad for m in depthwise)
+    assert norms and not any(m.own_kernel for m in norms)
     assert not searcher.architect.only_needed_grads
     searcher.close()
 

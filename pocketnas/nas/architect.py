@@ -57,6 +57,8 @@ class Architect:
         # first order: differentiate for the alphas only (no weight gradients are computed just to be dropped)
         self.only_needed_grads = only_needed_grads
         self.v_net: Optional[nn.Module] = None
+        self._v_weights: List[nn.Parameter] = []
+        self._buffer_pairs: List = []
 
     def step(self, train_x, train_y, val_x, val_y, xi: float, w_optimizer: torch.optim.Optimizer) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -89,17 +91,29 @@ class Architect:
         """w' = w - xi * (momentum * buffer + grad + wd * w) into the virtual network."""
         if self.v_net is None:
             self.v_net = copy.deepcopy(self.net)
+            # the pairs (network, virtual network) of parameter lists and of buffers, found once
+            self._v_weights = list(self.v_net.weights())
+            self._buffer_pairs = list(zip(self.net.buffers(), self.v_net.buffers()))
         weights = list(self.net.weights())
         with frozen(self.net.alphas() if self.only_needed_grads else []):
             grads = torch.autograd.grad(self.loss_fn(self.net, train_x, train_y), weights)
         with torch.no_grad():
-            for w, vw, g in zip(weights, self.v_net.weights(), grads):
-                buf = w_optimizer.state.get(w, {}).get("momentum_buffer")
-                m = buf * self.w_momentum if buf is not None else 0.0
-                vw.copy_(w - xi * (m + g + self.w_weight_decay * w))
+            # w - xi * (m + g + wd * w) for every weight at once (foreach: one call per operation, not per tensor),
+            # in the same order of operations as the formula, so the same values bit for bit
+            bufs = [w_optimizer.state.get(w, {}).get("momentum_buffer") for w in weights]
+            step = list(torch._foreach_add(grads, 0.0))  # 0.0 + g where there is no momentum yet
+            have = [i for i, b in enumerate(bufs) if b is not None]
+            if have:
+                m_plus_g = torch._foreach_mul([bufs[i] for i in have], self.w_momentum)
+                torch._foreach_add_(m_plus_g, [grads[i] for i in have])
+                for i, v in zip(have, m_plus_g):
+                    step[i] = v
+            torch._foreach_add_(step, torch._foreach_mul(weights, self.w_weight_decay))
+            torch._foreach_mul_(step, xi)
+            torch._foreach_copy_(self._v_weights, torch._foreach_sub(weights, step))
             for a, va in zip(self.net.alphas(), self.v_net.alphas()):
                 va.copy_(a)
-            for b, vb in zip(self.net.buffers(), self.v_net.buffers()):
+            for b, vb in self._buffer_pairs:
                 vb.copy_(b)
 
     def _unrolled_backward(self, train_x, train_y, val_x, val_y, xi: float, w_optimizer) -> torch.Tensor:
@@ -107,7 +121,7 @@ class Architect:
         assert self.v_net is not None
         loss = self.loss_fn(self.v_net, val_x, val_y)
         v_alphas = self.v_net.alphas()
-        v_weights = list(self.v_net.weights())
+        v_weights = self._v_weights
         v_grads = torch.autograd.grad(loss, v_alphas + v_weights)
         d_alpha, d_w = v_grads[:len(v_alphas)], v_grads[len(v_alphas):]
         hessian = self._hessian_vector(d_w, train_x, train_y)
@@ -122,16 +136,14 @@ class Architect:
         weights = list(self.net.weights())
         alphas = self.net.alphas()
         # only the alphas' gradients are asked for: with the weights frozen, autograd keeps no tensor for them
+        dw = list(dw)
         with frozen(weights if self.only_needed_grads else []):
             with torch.no_grad():
-                for p, d in zip(weights, dw):
-                    p.add_(d, alpha=eps)
+                torch._foreach_add_(weights, dw, alpha=eps)
             d_pos = torch.autograd.grad(self.loss_fn(self.net, train_x, train_y), alphas)
             with torch.no_grad():
-                for p, d in zip(weights, dw):
-                    p.sub_(d, alpha=2 * eps)
+                torch._foreach_sub_(weights, dw, alpha=2 * eps)
             d_neg = torch.autograd.grad(self.loss_fn(self.net, train_x, train_y), alphas)
             with torch.no_grad():
-                for p, d in zip(weights, dw):
-                    p.add_(d, alpha=eps)
+                torch._foreach_add_(weights, dw, alpha=eps)
         return [(p - n) / (2 * eps) for p, n in zip(d_pos, d_neg)]

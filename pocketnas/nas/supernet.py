@@ -23,7 +23,15 @@ from .space import SearchSpace
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle (Zhang et al., CVPR 2018), as PC-DARTS uses it after a partial mixed operation:
+    channel ``g * (C / groups) + i`` goes to ``i * groups + g``. A channels-last input gives a channels-last output
+    (a reshape of the NCHW view would come back NCHW, and every operation after it would then run in the slower
+    layout or convert back)."""
     n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        rows = x.permute(0, 2, 3, 1)  # (N, H, W, C), a view
+        shuffled = rows.reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+        return shuffled.permute(0, 3, 1, 2)
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
@@ -44,7 +52,7 @@ class MixedOp(nn.Module):
         self.compute = [i for i, name in enumerate(self.names) if not (skip_none and name == "none")]
         self.ops = nn.ModuleList(make_op(name, inner, stride, affine=False, act=act) for name in self.names)
 
-    def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         out = None
         for i in self.compute:
             op = self.ops[i]
@@ -53,7 +61,8 @@ class MixedOp(nn.Module):
             out = y if out is None else out + y
         return out
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``weights``: the edge's operation weights, a 1-d tensor or a sequence of 0-d tensors."""
         if self.k == 1:
             return self._mix(x, weights)
         c = x.shape[1] // self.k
@@ -78,15 +87,18 @@ class SearchCell(nn.Module):
                 MixedOp(channels, 2 if reduction and j < 2 else 1, space.operations, space.activation, partial_k,
                         skip_none) for j in range(2 + i)))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Sequence[Sequence[torch.Tensor]],
+                edge_weights: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """``weights[e]``: edge e's operation weights; ``edge_weights[e]``: its PC-DARTS edge weight (or None)."""
         states = [self.preproc0(s0), self.preproc1(s1)]
         e = 0
         for edges in self.dag:
-            out = 0
+            out: Optional[torch.Tensor] = None
             for j, op in enumerate(edges):
                 y = op(states[j], weights[e])
-                out = out + (y if edge_weights is None else edge_weights[e] * y)
+                if edge_weights is not None:
+                    y = edge_weights[e] * y
+                out = y if out is None else out + y
                 e += 1
             states.append(out)
         return torch.cat(states[2:], dim=1)
@@ -168,10 +180,12 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"supernet built for {self.input_size}x{self.input_size} input, got {tuple(x.shape)}")
-        w_normal = F.softmax(self.alpha_normal, dim=-1)
-        w_reduce = F.softmax(self.alpha_reduce, dim=-1)
+        w_normal = self._split(F.softmax(self.alpha_normal, dim=-1))
+        w_reduce = self._split(F.softmax(self.alpha_reduce, dim=-1))
         e_normal = self.edge_weights(self.beta_normal)
         e_reduce = self.edge_weights(self.beta_reduce)
+        e_normal = None if e_normal is None else e_normal.unbind()
+        e_reduce = None if e_reduce is None else e_reduce.unbind()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
@@ -179,6 +193,15 @@ class Supernet(nn.Module):
             else:
                 s0, s1 = s1, cell(s0, s1, w_normal, e_normal)
         return self.tail(s1).flatten(1)
+
+    @staticmethod
+    def _split(weights: torch.Tensor) -> List[Sequence[torch.Tensor]]:
+        """(edges, ops) weights as one 0-d tensor per (edge, op), by one ``unbind``: indexing each weight
+        separately would add a node per operation to the autograd graph, each of whose backward builds a zero
+        tensor of the whole shape to put one value in (about 900 of them per pass at 8 cells)."""
+        n = weights.shape[1]
+        flat = weights.reshape(-1).unbind()
+        return [flat[e * n:(e + 1) * n] for e in range(weights.shape[0])]
 
     # -- derivation
     def op_probabilities(self) -> Dict[str, torch.Tensor]:
