@@ -2,11 +2,13 @@
 partial channels (k=4), first and second order, at the original configuration and the recommended CPU one.
 
   plain    every operation of every edge computed (none included), every gradient computed in both steps (as
-           pt.darts), torch's PReLU, NCHW, glibc malloc defaults
+           pt.darts), torch's kernels throughout (PReLU, depthwise convolution, average pool, BatchNorm), NCHW,
+           glibc malloc defaults
   default  none skipped (exact: its output is zero), only the gradients each step uses (alphas in the first-order
            architecture step and the finite-difference passes, with the weights frozen there; weights in the
            weight step), pocketnas's PReLU (same values, faster CPU backward), BatchNorm of narrow channels-last
-           maps by matrix products with the edge weight folded in, channels_last, glibc mallopt
+           maps by matrix products with the edge weight folded in, the depthwise weight gradient past 3x3 and
+           large stride-1 average pools as convolutions, channels_last, glibc mallopt
   pc4      default + PC-DARTS partial channels, 1/4 of the channels through the mixed operations
 
 Each measurement runs in a fresh subprocess (peak RSS is per process); synthetic batches, 1000 identities. With
