@@ -1,7 +1,7 @@
 """Training-step speed of PocketNetS-128 at batch 32 on 2 CPU threads, side by side in one run.
 
 Modes, each in a fresh subprocess (the allocator setting is process-wide):
-  plain      eager float32 NCHW, torch's PReLU, glibc defaults: what the original code does
+  plain      eager float32 NCHW, torch's kernels (use_torch_kernels), glibc defaults: what the original code does
   default    pocketnas's default CPU path: channels_last + glibc mallopt + torch.compile of the backbone
   kd         default path + embedding KD from a teacher computed every step (SFace ONNX by default)
   kd_cached  default path + embedding KD with the teacher's embeddings read from pocketnas's cache

@@ -57,7 +57,7 @@ class SearchConfig:
     input_size: int = 112
     partial_k: int = 1                      # PC-DARTS: 1/k of the channels through the mixed operations
     plain: bool = False                     # the original formulation: every operation (none too) and every
-                                            # gradient computed, torch's PReLU and BatchNorm kernels, NCHW
+                                            # gradient computed, torch's kernels (use_torch_kernels), NCHW
     # data
     batch_size: int = 64
     workers: int = 2
