@@ -63,7 +63,7 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
                                        threads=2)
         cache = None
         if mode == "kd_cached":
-            cache = TeacherCache(tempfile.mkdtemp(), BATCH, int(embedder.embedding_size), teacher)
+            cache = TeacherCache(tempfile.mkdtemp(), BATCH, int(embedder.embedding_size), {"teacher": teacher})
         teach = FixedTeacher(embedder, cache)
 
     def step():

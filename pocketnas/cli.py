@@ -75,7 +75,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     run_demo(args.out, models=args.models, threads=args.threads, latency=not args.no_latency,
-             pipeline=not args.no_pipeline)
+             pipeline=not args.no_pipeline, overwrite=args.overwrite)
     return 0
 
 
@@ -110,7 +110,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops}
     cfg = search_config(args.space, args.config, args.set or [], extra)
-    history = search(cfg, args.out, resume=args.resume)
+    history = search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if history.get("interrupted"):
         return 0
     if history.get("stopped_early"):
@@ -139,7 +139,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         defaults = torch.load(state_path, map_location="cpu", weights_only=True)["config"]  # the run's own config
     cfg = load_config(TrainConfig, args.config, args.set or [], extra, defaults)
-    history = train(cfg, args.out, resume=args.resume)
+    history = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if "stopped_at_step" not in history:
         print(f"trained {cfg.arch} for {cfg.epochs} epochs in {history['minutes']:.1f} min: "
               f"{os.path.join(args.out, 'model.pt')}")
@@ -160,14 +160,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.sweep:
         methods = args.methods or list(PRUNE_METHODS)
         crun.sweep(model, methods, args.rates, args.data, args.out, args.finetune_epochs, args.teacher,
-               args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head)
+               args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head,
+               overwrite=args.overwrite)
         print(open(os.path.join(args.out, "sweep.md"), encoding="utf-8").read())
         print(f"wrote {os.path.join(args.out, 'sweep.md')}, sweep.json" + (", sweep.png" if args.bin else ""))
         return 0
     if not args.method or args.rate is None:
         raise ValueError("give --method and --rate (or --sweep)")
     r = crun.prune_one(model, args.method, args.rate, args.data, args.out, args.finetune_epochs, args.teacher,
-                       args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head)
+                       args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head,
+               overwrite=args.overwrite)
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f} %"
@@ -357,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-flops", help="... or towards this many FLOPs, e.g. 600M")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
@@ -372,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-every-epoch", action="store_true", help="keep epochs/epoch_NNN.pt (multi-step teachers)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost")
@@ -419,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", nargs="+", choices=PRUNE_METHODS)
     s.add_argument("--rates", nargs="+", type=float, default=[2, 4, 8, 16])
     s.add_argument("--no-export", action="store_true", help="skip the ONNX export and its cost")
+    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fine-tuning settings (train config keys)")
     s.set_defaults(func=_cmd_prune)
 
@@ -442,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--no-latency", action="store_true")
     s.add_argument("--no-pipeline", action="store_true", help="only build/verify/cost, no search-train-evaluate")
+    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.set_defaults(func=_cmd_demo)
     return p
 

@@ -29,12 +29,20 @@ POCKETNETS = ["pocketnet_s_128", "pocketnet_s_256", "pocketnet_m_128", "pocketne
 
 
 def run_demo(out_dir: str, models: Optional[List[str]] = None, calib_images: int = 120, threads: int = 2,
-             latency: bool = True, seed: int = 0, pipeline: bool = True) -> Dict[str, Any]:
+             latency: bool = True, seed: int = 0, pipeline: bool = True, overwrite: bool = False) -> Dict[str, Any]:
+    """The main job into ``out_dir`` (claimed as a run folder: a previous demo there needs ``overwrite``)."""
+    from .engine.run_folder import RunFolder
+
+    with RunFolder(out_dir, overwrite=overwrite, kind="demo"):
+        return _run_demo(out_dir, models, calib_images, threads, latency, seed, pipeline)
+
+
+def _run_demo(out_dir: str, models: Optional[List[str]], calib_images: int, threads: int, latency: bool, seed: int,
+              pipeline: bool) -> Dict[str, Any]:
     from . import load
 
     torch.manual_seed(seed)
     models = models or POCKETNETS
-    os.makedirs(out_dir, exist_ok=True)
     faces = FolderDataset(orl_root(), train=False)
     logger.info("bundled faces: %d images of %d people (ORL, credit: Olivetti Research Laboratory)",
                 len(faces), faces.num_classes)

@@ -53,19 +53,29 @@ def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, ba
 def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: str, finetune_epochs: int = 0,
               teacher: Optional[str] = None, bin_path: Optional[str] = None, finetune_overrides: Sequence[str] = (),
               grad_batches: int = 8, seed: int = 0, export: bool = False,
-              recipe: Optional[Dict[str, Any]] = None, head: Optional[str] = None) -> Dict[str, Any]:
+              recipe: Optional[Dict[str, Any]] = None, head: Optional[str] = None,
+              overwrite: bool = False) -> Dict[str, Any]:
     """Prune a copy of ``model`` with ``method`` to ``rate``, fine-tune with the masks held (optionally with KD
     from ``teacher``), make the masks permanent, and report compression by counting zeros and accuracy before,
     after pruning and after fine-tuning.
 
     Fine-tuning uses ``recipe`` (the loss and margin the model was trained with, see :func:`checkpoint_recipe`)
     under ``finetune_overrides`` (``key=value`` train settings), at lr 0.01 with no schedule by default, starting
-    the margin head from ``head`` (the training run's ``checkpoint.pt``, see :func:`training_checkpoint`)."""
+    the margin head from ``head`` (the training run's ``checkpoint.pt``, see :func:`training_checkpoint`).
+    ``out_dir`` is claimed as a run folder (see :mod:`pocketnas.engine.run_folder`)."""
+    from ..engine.run_folder import RunFolder
+
+    with RunFolder(out_dir, overwrite=overwrite, kind="prune"):
+        return _prune_one(model, method, rate, data, out_dir, finetune_epochs, teacher, bin_path,
+                          finetune_overrides, grad_batches, seed, export, recipe, head, overwrite)
+
+
+def _prune_one(model, method, rate, data, out_dir, finetune_epochs, teacher, bin_path, finetune_overrides,
+               grad_batches, seed, export, recipe, head, overwrite) -> Dict[str, Any]:
     from ..config import load_config
     from ..engine.train_config import TrainConfig
     from ..engine.trainer import train
 
-    os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     norm = model.pocketnas_cfg.input_norm
     size = int(getattr(model, "input_size", 112))
@@ -87,7 +97,7 @@ def prune_one(model: nn.Module, method: str, rate: float, data: str, out_dir: st
         cfg = load_config(TrainConfig, None, ["lr=0.01", "milestones=[]", "compile=false", "warmup_epochs=0",
                                               *finetune_overrides], extra)
         pruned.train()
-        train(cfg, os.path.join(out_dir, "finetune"), backbone=pruned)
+        train(cfg, os.path.join(out_dir, "finetune"), backbone=pruned, overwrite=overwrite)
         pruned.eval()
     make_permanent(pruned)
     final = sparsity(pruned)
@@ -142,13 +152,22 @@ def onnx_accuracy(path: str, bin_path: str) -> float:
 def sweep(model: nn.Module, methods: Sequence[str], rates: Sequence[float], data: str, out_dir: str,
           finetune_epochs: int = 0, teacher: Optional[str] = None, bin_path: Optional[str] = None,
           finetune_overrides: Sequence[str] = (), export: bool = True,
-          recipe: Optional[Dict[str, Any]] = None, head: Optional[str] = None) -> List[Dict[str, Any]]:
+          recipe: Optional[Dict[str, Any]] = None, head: Optional[str] = None,
+          overwrite: bool = False) -> List[Dict[str, Any]]:
     """Every method at every rate; writes ``sweep.md`` (method x rate -> accuracy, size, latency), ``sweep.json``
     and ``sweep.png``. With ``export`` every accuracy (the unpruned baseline's too) is that of the exported ONNX
     file (what ships, and faster to evaluate on a CPU than eager PyTorch); without, that of the PyTorch model."""
+    from ..engine.run_folder import RunFolder
+
+    with RunFolder(out_dir, overwrite=overwrite, kind="prune"):
+        return _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_path, finetune_overrides,
+                      export, recipe, head, overwrite)
+
+
+def _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_path, finetune_overrides, export,
+           recipe, head, overwrite) -> List[Dict[str, Any]]:
     from ..evaluation.plots import _plt, _save
 
-    os.makedirs(out_dir, exist_ok=True)
     unpruned: Dict[str, Any] = {}
     if export:
         from .deploy import export_checked, face_crops, file_cost
@@ -168,7 +187,8 @@ def sweep(model: nn.Module, methods: Sequence[str], rates: Sequence[float], data
     for method in methods:
         for rate in rates:
             r = prune_one(model, method, rate, data, os.path.join(out_dir, f"{method}_x{rate:g}"), finetune_epochs,
-                          teacher, None, finetune_overrides, export=export, recipe=recipe, head=head)
+                          teacher, None, finetune_overrides, export=export, recipe=recipe, head=head,
+                          overwrite=overwrite)
             r["accuracy_before"] = base
             target = r
             if bin_path and export:

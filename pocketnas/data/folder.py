@@ -70,6 +70,17 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def fingerprint(self) -> str:
+        """What identifies these samples for a cache of per-image results: every image's path below the root,
+        label, size in bytes and modification time, and the decoded size."""
+        import hashlib
+
+        h = hashlib.sha256(f"folder:{self.size}:".encode())
+        for path, label in self.samples:
+            st = os.stat(path)
+            h.update(f"{os.path.relpath(path, self.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
     def read_uint8(self, index: int) -> np.ndarray:
         return load_image(self.samples[index][0], self.size)
 

@@ -132,6 +132,20 @@ class RecordDataset(Dataset):
             raise DataFormatError(f"{self._where(key)}: label {value} is not a class index in 0..{self.num_classes - 1}")
         return int(value)
 
+    def fingerprint(self) -> str:
+        """What identifies these samples for a cache of per-image results: the pack's size, the keys and offsets
+        of the images used, the bytes of up to 64 records spread over it, and the decoded size."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(f"recordio:{self.reader.size}:{self.size}:".encode())
+        h.update(np.ascontiguousarray(self.keys, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.reader.offsets, dtype=np.int64).tobytes())
+        for i in np.unique(np.linspace(0, len(self.keys) - 1, num=min(64, len(self.keys))).astype(np.int64)):
+            h.update(self.reader.read(int(self.keys[i])))
+        self.reader.close()
+        return h.hexdigest()
+
     # ------------------------------------------------------------------ items
     def __len__(self) -> int:
         return len(self.keys)

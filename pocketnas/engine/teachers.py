@@ -2,10 +2,11 @@
 cache of its embeddings, and PocketNet's multi-step teacher that changes checkpoint every epoch."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,20 +19,30 @@ logger = logging.getLogger(__name__)
 class TeacherCache:
     """Teacher embeddings per (image, flipped) in a float32 memory-mapped file, each entry stamped with the step
     that wrote it. A resumed run forgets entries written after its checkpoint, so it recomputes exactly what the
-    uninterrupted run computed; an entry is the teacher's own fp32 output, so caching never changes a result."""
+    uninterrupted run computed; an entry is the teacher's own fp32 output, so caching never changes a result.
 
-    def __init__(self, folder: str, images: int, dim: int, identity: str, create: bool = True):
+    ``key`` (see :func:`cache_key`) holds everything that changes an entry: the teacher's content and input
+    convention, the data's identity and the image transform. A cache written under another key is started afresh
+    (and the log says which parts differ)."""
+
+    def __init__(self, folder: str, images: int, dim: int, key: Dict[str, Any], create: bool = True):
         os.makedirs(folder, exist_ok=True)
         self.values_path = os.path.join(folder, "embeddings.f32")
         self.steps_path = os.path.join(folder, "written_step.i64")
         meta_path = os.path.join(folder, "cache.json")
-        meta = {"images": images, "dim": dim, "teacher": identity}
+        meta = {"images": images, "dim": dim, **key}
         fresh = True
         if os.path.isfile(meta_path):
-            with open(meta_path, encoding="utf-8") as f:
-                fresh = json.load(f) != meta
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    old = json.load(f)
+            except ValueError:
+                old = {}
+            fresh = old != meta
             if fresh:
-                logger.warning("%s: teacher cache belongs to another teacher or data; starting it afresh", folder)
+                what = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+                logger.warning("%s: the teacher cache was written for another %s; starting it afresh", folder,
+                               ", ".join(what))
         if fresh and create:
             np.memmap(self.values_path, np.float32, "w+", shape=(images, 2, dim)).flush()
             steps = np.memmap(self.steps_path, np.int64, "w+", shape=(images, 2))
@@ -85,11 +96,34 @@ class FixedTeacher:
         return torch.from_numpy(out)
 
 
-def teacher_identity(spec: str) -> str:
-    if os.path.isfile(spec):
-        st = os.stat(spec)
-        return f"{os.path.abspath(spec)}:{st.st_size}:{int(st.st_mtime)}"
-    return spec
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def teacher_fingerprint(embedder: Embedder) -> str:
+    """The teacher's content: the sha256 of an ONNX file, or of a PyTorch teacher's weights (any file name, any
+    time stamp: only the numbers count)."""
+    if isinstance(embedder, TorchEmbedder):
+        from ..models.checkpoint import weights_sha256
+
+        return f"{type(embedder.model).__name__}:{weights_sha256(embedder.model.state_dict())}"
+    path = getattr(embedder, "path", None)
+    if path and os.path.isfile(path):
+        return f"file:{file_sha256(path)}"
+    raise ValueError(f"teacher {embedder.name}: cannot fingerprint it for the teacher cache; set teacher_cache=false")
+
+
+def cache_key(embedder: Embedder, faces, transform: Dict[str, Any]) -> Dict[str, Any]:
+    """Everything that changes a cached teacher embedding: the teacher (content, normalisation, input size,
+    embedding size), the data (its fingerprint: pack layout and sampled bytes, or folder listing) and the image
+    transform (``transform``: e.g. the decoded size and the flip rule)."""
+    return {"teacher": teacher_fingerprint(embedder), "teacher_input_norm": embedder.input_norm,
+            "teacher_input_size": int(embedder.input_size), "teacher_dim": int(embedder.embedding_size),
+            "data": faces.fingerprint(), "transform": transform}
 
 
 def epoch_checkpoint(run_dir: str, epoch: int) -> str:

@@ -32,10 +32,11 @@ from ..models.features import FeatureTap, feature_channels
 from ..registry import create_model
 from . import distributed as dist_utils
 from .allocator import tune_glibc_malloc
+from .run_folder import RunFolder
 from .runlog import close_run_log, open_run_log
 from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
-from .teachers import (FixedTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, hint_layers_of,
-                       teacher_identity)
+from .teachers import (FixedTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
+                       hint_layers_of)
 from .train_config import TrainConfig, recipe_of
 
 logger = logging.getLogger(__name__)
@@ -109,10 +110,23 @@ class Trainer:
     """``backbone``: an already built network to train instead of ``cfg.arch`` (e.g. a pruned one to fine-tune;
     its pruning masks hold through training)."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None):
+    def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
+                 overwrite: bool = False):
         self.cfg, self.out_dir = cfg, out_dir
         self._given_backbone = backbone
+        self.tb, self._log_handler = None, None
         self.env = dist_utils.setup(cfg.device)
+        self.folder = RunFolder(out_dir, resume, overwrite, "train")
+        if self.env.is_main:
+            self.folder.acquire()
+        try:
+            self._init(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self, resume: bool) -> None:
+        cfg, out_dir = self.cfg, self.out_dir
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.resume_state: Optional[Dict[str, Any]] = None
@@ -139,7 +153,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup_logging(self) -> None:
-        self.tb, self._log_handler = None, None
         if not self.env.is_main:
             return
         self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
@@ -175,13 +188,12 @@ class Trainer:
             cache = None
             if cfg.teacher_cache and cfg.kd == "embedding":
                 cache_dir = os.path.join(self.out_dir, "teacher_cache")
+                key = cache_key(embedder, self.faces, {"decoded_size": input_size, "flip": "mirror"})
                 if env.is_main:
-                    cache = TeacherCache(cache_dir, len(self.faces), int(embedder.embedding_size),
-                                         teacher_identity(cfg.teacher))
+                    cache = TeacherCache(cache_dir, len(self.faces), int(embedder.embedding_size), key)
                 dist_utils.barrier(env)
                 if not env.is_main:
-                    cache = TeacherCache(cache_dir, len(self.faces), int(embedder.embedding_size),
-                                         teacher_identity(cfg.teacher), create=False)
+                    cache = TeacherCache(cache_dir, len(self.faces), int(embedder.embedding_size), key, create=False)
             self.teacher = FixedTeacher(embedder, cache)
             logger.info("teacher %s (input normalisation %s, %s-d)%s", embedder.name, embedder.input_norm,
                         embedder.embedding_size, ", embeddings cached" if cache else "")
@@ -400,12 +412,14 @@ class Trainer:
 
     def close(self) -> None:
         close_run_log(self.tb, self._log_handler)
+        self.tb, self._log_handler = None, None
+        self.folder.release()
         dist_utils.teardown(self.env)
 
 
-def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None
-          ) -> Dict[str, Any]:
-    trainer = Trainer(cfg, out_dir, resume, backbone)
+def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
+          overwrite: bool = False) -> Dict[str, Any]:
+    trainer = Trainer(cfg, out_dir, resume, backbone, overwrite)
     try:
         return trainer.fit()
     finally:

@@ -28,6 +28,7 @@ from ..config import ConfigError, config_from_dict
 from ..data.transforms import normalize
 from ..engine import distributed as dist_utils
 from ..engine.allocator import tune_glibc_malloc
+from ..engine.run_folder import RunFolder
 from ..engine.runlog import close_run_log, open_run_log
 from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from ..engine.trainer import rng_state, set_rng_state
@@ -192,9 +193,21 @@ def peak_rss_gb() -> float:
 
 
 class Searcher:
-    def __init__(self, cfg: SearchConfig, out_dir: str, resume: bool = False):
+    def __init__(self, cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False):
         self.cfg, self.out_dir = cfg, out_dir
+        self.tb, self._log_handler = None, None
         self.env = dist_utils.setup(cfg.device)
+        self.folder = RunFolder(out_dir, resume, overwrite, "search")
+        if self.env.is_main:
+            self.folder.acquire()
+        try:
+            self._init(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self, resume: bool) -> None:
+        cfg, out_dir = self.cfg, self.out_dir
         if self.env.distributed and cfg.order == "second":
             raise ConfigError("second-order search runs in one process; use order=first under torchrun")
         if cfg.threads:
@@ -225,7 +238,6 @@ class Searcher:
             self._restore(state)
 
     def _setup_logging(self) -> None:
-        self.tb, self._log_handler = None, None
         if not self.env.is_main:
             return
         os.makedirs(os.path.join(self.out_dir, "cells"), exist_ok=True)
@@ -470,6 +482,8 @@ class Searcher:
 
     def close(self) -> None:
         close_run_log(self.tb, self._log_handler)
+        self.tb, self._log_handler = None, None
+        self.folder.release()
         dist_utils.teardown(self.env)
 
 
@@ -511,8 +525,8 @@ def alpha_heatmap(probs: Dict[str, torch.Tensor], ops: List[str]):
     return fig
 
 
-def search(cfg: SearchConfig, out_dir: str, resume: bool = False) -> Dict[str, Any]:
-    searcher = Searcher(cfg, out_dir, resume)
+def search(cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    searcher = Searcher(cfg, out_dir, resume, overwrite)
     try:
         return searcher.run()
     finally:
