@@ -8,6 +8,7 @@ import os
 import sys
 from typing import List, Optional
 
+from .errors import InputError
 from .compress import METHODS as PRUNE_METHODS
 
 logger = logging.getLogger("pocketnas")
@@ -85,6 +86,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
         paths = pack_folder(args.folder, args.out_dir, size=args.size or None, quality=args.quality,
                             workers=args.workers)
+        print("\n".join(f"wrote {p}" for p in paths.values()))
+    elif args.data_command == "subset":
+        from .data.pack import subset_pack
+
+        paths = subset_pack(args.pack, args.out_dir, args.identities, args.seed)
         print("\n".join(f"wrote {p}" for p in paths.values()))
     elif args.data_command == "pairs":
         from .data.pack import pairs_from_folder
@@ -166,7 +172,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(f"wrote {os.path.join(args.out, 'sweep.md')}, sweep.json" + (", sweep.png" if args.bin else ""))
         return 0
     if not args.method or args.rate is None:
-        raise ValueError("give --method and --rate (or --sweep)")
+        raise InputError("give --method and --rate (or --sweep)")
     r = crun.prune_one(model, args.method, args.rate, args.data, args.out, args.finetune_epochs, args.teacher,
                        args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head,
                overwrite=args.overwrite)
@@ -334,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=112, help="resize to SIZE x SIZE (0: keep)")
     d.add_argument("--quality", type=int, default=95, help="JPEG quality")
     d.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    d = dsub.add_parser("subset", help="a labelled pack -> a pack of its first N identities (or N drawn with --seed)")
+    d.add_argument("pack")
+    d.add_argument("out_dir")
+    d.add_argument("--identities", type=int, required=True)
+    d.add_argument("--seed", type=int, help="draw the identities at random with this seed (default: the first N)")
     d = dsub.add_parser("pairs", help="image folder -> verification pairs .bin (10 folds, seeded)")
     d.add_argument("folder")
     d.add_argument("out")
@@ -458,20 +469,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for handler in logging.getLogger().handlers:  # the console shows --log-level; a run's log.txt keeps INFO
         handler.setLevel(level)
-    from .compress.deploy import ExportError
-    from .config import ConfigError
-    from .data.errors import DataFormatError
-    from .models.checkpoint import CheckpointError
-    from .nas.genotype import GenotypeError
+    from .errors import PocketnasError
 
     try:
         return args.func(args)
-    except (CheckpointError, GenotypeError, DataFormatError, ConfigError, ExportError, FileNotFoundError, KeyError,
-            ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"pocketnas {args.command}: error: {msg}", file=sys.stderr)
+    except (PocketnasError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        if level <= logging.DEBUG:
+            raise
+        print(f"pocketnas {args.command}: error: {e}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

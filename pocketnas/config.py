@@ -13,10 +13,12 @@ from typing import Any, Dict, Iterable, Optional, Type, TypeVar
 
 import yaml
 
+from .errors import PocketnasError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(PocketnasError, ValueError):
     """A configuration file or override that is malformed."""
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .errors import InputError
+
 
 def cpu_session(path: str, threads: Optional[int] = None):
     try:
@@ -17,4 +19,4 @@ def cpu_session(path: str, threads: Optional[int] = None):
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ValueError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
+from .errors import UnknownNameError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -41,7 +43,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(self.unknown_message(name)) from None
+            raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: object) -> str:
         close = difflib.get_close_matches(str(name), list(self._items), n=3)

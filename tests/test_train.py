@@ -92,7 +92,7 @@ def test_onnx_teacher_uses_its_own_normalisation(tmp_path, shared):
     train(tiny(kd="embedding", teacher=sface, teacher_input_norm="raw255", epochs=1, max_batches_per_epoch=2,
                batch_size=8, lr_reference_batch=8), str(run))
     log = (run / "log.txt").read_text()
-    assert "input normalisation raw255, 128-d" in log and "a learned linear projection" in log
+    assert "input normalisation raw255, 112 px, 128-d" in log and "a learned linear projection" in log
     steps = np.fromfile(run / "teacher_cache" / "written_step.i64", dtype=np.int64).reshape(-1, 2)
     values = np.fromfile(run / "teacher_cache" / "embeddings.f32", dtype=np.float32).reshape(-1, 2, 128)
     written = np.argwhere(steps >= 0)

@@ -13,14 +13,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from ..data.transforms import normalize
+from ..errors import PocketnasError
 from ..onnx_runtime import cpu_session
 from .export import export_onnx
 
 logger = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(PocketnasError, RuntimeError):
     """An exported model that does not reproduce the original within tolerance."""
 
 
@@ -119,7 +121,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: Optional[np.ndarray], no
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
         if mode == "static":
             if calib is None or not len(calib):
-                raise ValueError("static int8 quantisation needs calibration face crops")
+                raise InputError("static int8 quantisation needs calibration face crops")
             x = normalize(torch.as_tensor(calib), norm).numpy()
 
             class Reader(CalibrationDataReader):
@@ -136,7 +138,7 @@ def quantize_int8(fp32_path: str, out_path: str, calib: Optional[np.ndarray], no
         elif mode == "dynamic":
             quantize_dynamic(pre, out_path, weight_type=QuantType.QInt8)
         else:
-            raise ValueError(f"int8 mode must be static or dynamic, not {mode!r}")
+            raise InputError(f"int8 mode must be static or dynamic, not {mode!r}")
         _copy_metadata(fp32_path, out_path, {"quantization": f"int8 {mode}"})
     finally:
         root.setLevel(level)

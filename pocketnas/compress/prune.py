@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
+from ..errors import InputError
 from . import METHODS
 
 logger = logging.getLogger(__name__)
@@ -116,13 +117,13 @@ def prune_model(model: nn.Module, method: str, rate: float,
                 scores: Optional[Dict[nn.Module, torch.Tensor]] = None, seed: int = 0) -> SparsityReport:
     """Prune ``model`` in place to compression rate ``rate`` over its prunable layers."""
     if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r} (known: {', '.join(METHODS)})")
+        raise InputError(f"unknown pruning method {method!r} (known: {', '.join(METHODS)})")
     if rate < 1:
-        raise ValueError(f"compression rate must be >= 1, got {rate}")
+        raise InputError(f"compression rate must be >= 1, got {rate}")
     amount = 1.0 - 1.0 / rate
     layers = [mod for _, mod in prunable_layers(model)]
     if method.endswith("grad") and scores is None:
-        raise ValueError(f"{method} needs gradient scores (gradient_scores(model, batches, classes))")
+        raise InputError(f"{method} needs gradient scores (gradient_scores(model, batches, classes))")
     if method == "random":
         g = torch.Generator().manual_seed(seed)
         scores = {mod: torch.rand(_weight(mod).shape, generator=g) for mod in layers}

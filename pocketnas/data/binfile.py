@@ -17,6 +17,7 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import InputError
 from .decode import decode_image, encode_jpeg
 from .errors import DataFormatError
 
@@ -111,7 +112,7 @@ def write_bin(path: str, images_or_jpeg_bytes: Union[np.ndarray, Sequence[bytes]
     else:
         bins = [bytes(b) for b in images_or_jpeg_bytes]
     if len(bins) != 2 * len(issame):
-        raise ValueError(f"{len(bins)} images for {len(issame)} pairs (need two images per pair)")
+        raise InputError(f"{len(bins)} images for {len(issame)} pairs (need two images per pair)")
     buf = io.BytesIO()
     pickle.dump((bins, [bool(s) for s in issame]), buf, protocol=pickle.HIGHEST_PROTOCOL)
     tmp = f"{path}.tmp"

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from .transforms import check_norm, normalize, pil_to_chw_uint8
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def scan_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
             if f.lower().endswith(IMAGE_EXTENSIONS):
                 samples.append((os.path.join(folder, f), label))
     if not samples:
-        raise ValueError(f"{root}: no images found in identity sub-folders (expected root/<identity>/<image>)")
+        raise InputError(f"{root}: no images found in identity sub-folders (expected root/<identity>/<image>)")
     return identities, samples
 
 
@@ -43,21 +44,37 @@ def load_image(path: str, size: Optional[int] = 112) -> np.ndarray:
                 im = im.resize((size, size), Image.BILINEAR)
             return pil_to_chw_uint8(im)
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot decode image ({e})") from None
+        raise InputError(f"{path}: cannot decode image ({e})") from None
+
+
+def scan_images(root: str) -> List[Tuple[str, int]]:
+    """(path, -1) for every image below ``root`` at any depth, sorted: an unlabelled face set."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: no such image folder")
+    found = sorted(os.path.join(d, f) for d, _, files in os.walk(root, followlinks=True) for f in files
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not found:
+        raise InputError(f"{root}: no images found")
+    return [(p, -1) for p in found]
 
 
 class FolderDataset(Dataset):
     """``root/<identity>/<image>`` -> (float tensor 3 x S x S normalised, int label); identities sorted by name.
 
-    ``train=True`` enables the training transform (random horizontal flip).
+    ``train=True`` enables the training transform (random horizontal flip). ``labelled=False``: every image
+    below ``root``, at any depth, with label -1 (for training on a teacher alone).
     """
 
-    def __init__(self, root: str, train: bool = True, size: Optional[int] = 112, norm: str = "arcface"):
+    def __init__(self, root: str, train: bool = True, size: Optional[int] = 112, norm: str = "arcface",
+                 labelled: bool = True):
         self.root = root
         self.train = train
         self.size = size
         self.norm = check_norm(norm)
-        self.identities, self.samples = scan_folder(root)
+        if labelled:
+            self.identities, self.samples = scan_folder(root)
+        else:
+            self.identities, self.samples = [], scan_images(root)
 
     @property
     def num_classes(self) -> int:

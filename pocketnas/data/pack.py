@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
+from ..errors import InputError
 from .binfile import write_bin
 from .decode import encode_jpeg
 from .folder import load_image, scan_folder
@@ -53,7 +54,7 @@ def make_pairs(labels: Sequence[int], n_pairs: int, folds: int = 10, seed: int =
     per fold, genuine first, as LFW's view 2). Identities are split across folds so that folds share no person
     when there are enough of them (the third value says whether they do). Seeded, no repeated pair."""
     if n_pairs % (2 * folds):
-        raise ValueError(f"--pairs must be a multiple of {2 * folds} (half genuine, half impostor in {folds} folds)")
+        raise InputError(f"--pairs must be a multiple of {2 * folds} (half genuine, half impostor in {folds} folds)")
     rng = random.Random(seed)
     by_id: Dict[int, List[int]] = {}
     for i, y in enumerate(labels):
@@ -71,13 +72,13 @@ def make_pairs(labels: Sequence[int], n_pairs: int, folds: int = 10, seed: int =
     for group in groups:
         multi = [i for i in group if len(by_id[i]) >= 2]
         if not multi or len(group) < 2:
-            raise ValueError("not enough identities with two or more images to build genuine and impostor pairs")
+            raise InputError("not enough identities with two or more images to build genuine and impostor pairs")
         for same in (True, False):
             made, attempts = 0, 0
             while made < per:
                 attempts += 1
                 if attempts > 1000 * per:
-                    raise ValueError(f"cannot draw {per} distinct {'genuine' if same else 'impostor'} pairs per "
+                    raise InputError(f"cannot draw {per} distinct {'genuine' if same else 'impostor'} pairs per "
                                      f"fold from these identities; ask for fewer pairs")
                 if same:
                     a, b = rng.sample(by_id[rng.choice(multi)], 2)
@@ -105,3 +106,34 @@ def pairs_from_folder(folder: str, out_bin: str, n_pairs: int = 600, folds: int 
     write_bin(out_bin, [encoded[i] for p in pairs for i in p], issame)
     return {"pairs": len(pairs), "genuine": sum(issame), "folds": folds, "person_disjoint_folds": disjoint,
             "path": out_bin}
+
+
+def subset_pack(src: str, out_dir: str, identities: int, seed: Optional[int] = None) -> Dict[str, str]:
+    """The first ``identities`` identities of a labelled pack (or ``identities`` drawn with ``seed``) as a new
+    insightface pack, labels renumbered 0..identities-1; the JPEG bytes are copied, never re-encoded. For
+    comparisons sized to a CPU and for the 64 MiB a device run carries."""
+    import numpy as np
+
+    from .record_dataset import RecordDataset
+    from .recordio import unpack_payload
+
+    ds = RecordDataset(src, train=False)
+    labels = ds.labels()
+    if not 0 < identities <= ds.num_classes:
+        raise InputError(f"{src}: --identities must lie in 1..{ds.num_classes}, got {identities}")
+    chosen = (np.arange(identities) if seed is None
+              else np.sort(np.random.default_rng(seed).choice(ds.num_classes, identities, replace=False)))
+    new_label = {int(c): i for i, c in enumerate(chosen)}
+    images = []
+    for i in tqdm(np.flatnonzero(np.isin(labels, chosen)).tolist(), desc="subset", unit="img"):
+        key = int(ds.keys[i])
+        _, _, data = unpack_payload(ds.reader.read(key), ds._where(key))
+        images.append((data, new_label[int(labels[i])]))
+    images.sort(key=lambda t: t[1])
+    ds.reader.close()
+    paths = write_insightface_pack(out_dir, images, identities)
+    with open(os.path.join(out_dir, "subset.txt"), "w", encoding="utf-8") as f:
+        f.write(f"source {os.path.abspath(src)}\nseed {seed}\n")
+        f.writelines(f"{i}\t{int(c)}\n" for i, c in enumerate(chosen))
+    logger.info("wrote %d images of %d identities of %s into %s", len(images), identities, src, paths["rec"])
+    return paths

@@ -44,7 +44,7 @@ class RecordDataset(Dataset):
     """
 
     def __init__(self, path: str, train: bool = True, norm: str = "arcface", num_classes: Optional[int] = None,
-                 skip_bad: bool = False, size: Optional[int] = None):
+                 skip_bad: bool = False, size: Optional[int] = None, labelled: bool = True):
         self.rec_path, idx_path, self.property_path = resolve_pack(path)
         self.reader = RecordIOReader(self.rec_path, idx_path)
         self.train = train
@@ -53,8 +53,9 @@ class RecordDataset(Dataset):
         self.skip_bad = skip_bad
         self.bad_records: List[int] = []
         self.identity_ranges: Optional[np.ndarray] = None
+        self.labelled = labelled
         self.keys = self._image_keys()
-        self.num_classes = self._num_classes(num_classes)
+        self.num_classes = self._num_classes(num_classes) if labelled else 0
         if skip_bad:
             self._drop_bad_records()
         self.reader.close()  # each process (DataLoader worker) maps the pack itself on first use
@@ -127,6 +128,8 @@ class RecordDataset(Dataset):
         return f"{self.rec_path}: record {key}"
 
     def _label_of(self, key: int, label) -> int:
+        if not self.labelled:
+            return -1
         value = float(label[0]) if isinstance(label, np.ndarray) else float(label)
         if not value.is_integer() or not 0 <= value < self.num_classes:
             raise DataFormatError(f"{self._where(key)}: label {value} is not a class index in 0..{self.num_classes - 1}")

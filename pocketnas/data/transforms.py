@@ -6,6 +6,8 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 # name -> (mean, std) applied to RGB uint8 values: x_float = (x - mean) / std
 NORMALISATIONS: Dict[str, Tuple[float, float]] = {
     "arcface": (127.5, 127.5),  # (x/255 - 0.5)/0.5: insightface ArcFace models, PocketNet
@@ -15,7 +17,7 @@ NORMALISATIONS: Dict[str, Tuple[float, float]] = {
 
 def check_norm(name: str) -> str:
     if name not in NORMALISATIONS:
-        raise ValueError(f"unknown input normalisation {name!r} (known: {', '.join(NORMALISATIONS)})")
+        raise InputError(f"unknown input normalisation {name!r} (known: {', '.join(NORMALISATIONS)})")
     return name
 
 
@@ -30,3 +32,14 @@ def pil_to_chw_uint8(image) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def fit_size(images: torch.Tensor, size: int) -> torch.Tensor:
+    """N x 3 x H x W (uint8 or float) -> float N x 3 x size x size: unchanged values when the size already
+    fits, else bilinear with antialiasing (one rule for every consumer of a view: student and teacher)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images if images.is_floating_point() else images.to(torch.float32)
+    import torch.nn.functional as F
+
+    return F.interpolate(images.to(torch.float32), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)

@@ -31,3 +31,17 @@ def close_run_log(tb: Optional[Any], handler: Optional[logging.Handler]) -> None
     if handler is not None:
         logging.getLogger("pocketnas").removeHandler(handler)
         handler.close()
+
+
+def log_run_failure(error: BaseException) -> None:
+    """Put what ended a run into its log (``log.txt`` while the run's handler is attached): pocketnas's own
+    errors as their message, anything else (a bug) with its traceback."""
+    from ..errors import PocketnasError
+
+    log = logging.getLogger("pocketnas")
+    if isinstance(error, KeyboardInterrupt):
+        log.error("run interrupted (KeyboardInterrupt)")
+    elif isinstance(error, PocketnasError):
+        log.error("run failed: %s", error)
+    else:
+        log.error("run failed", exc_info=(type(error), error, error.__traceback__))

@@ -10,15 +10,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import InputError
 
-def open_face_dataset(path: str, size: int = 112):
-    """A RecordIO pack (folder with ``train.rec`` or a ``.rec``) or an image folder ``root/<identity>/<image>``."""
+
+def open_face_dataset(path: str, size: int = 112, labelled: bool = True):
+    """A RecordIO pack (folder with ``train.rec`` or a ``.rec``) or an image folder ``root/<identity>/<image>``.
+    ``labelled=False``: labels are not read (every label -1): a pack without identity records or ``property``, or
+    a folder of images at any depth, will do."""
     from ..data.folder import FolderDataset
     from ..data.record_dataset import RecordDataset
 
     if path.endswith(".rec") or os.path.isfile(os.path.join(path, "train.rec")):
-        return RecordDataset(path, train=False, size=size)
-    return FolderDataset(path, train=False, size=size)
+        return RecordDataset(path, train=False, size=size, labelled=labelled)
+    return FolderDataset(path, train=False, size=size, labelled=labelled)
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:
@@ -26,13 +30,29 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
 
 
 class TrainSamples(Dataset):
-    """(uint8 3 x H x W tensor, label, index, flipped): normalisation is left to each consumer (student, teacher)."""
+    """(uint8 3 x H x W view, label, index, view number): normalisation is left to each consumer (student,
+    teacher), which also resize the view to their own input size.
 
-    def __init__(self, faces, flip: bool = True, seed: int = 0):
+    Views: without ``augment``, view 0 is the image and view 1 its mirror (the mirror decided by (seed, epoch,
+    index), as always). With ``augment`` (:class:`~pocketnas.data.views.FaceViewAugment`) and ``view_bank`` K > 0,
+    each image has K fixed views: epoch e shows view v = f(seed, e, index), drawn with parameters from (seed,
+    index, v), so a teacher's embedding of a view can be cached. With ``view_bank`` 0 every (epoch, image) gets
+    fresh parameters and the view number is -1 (never repeats; a teacher must see it live)."""
+
+    def __init__(self, faces, flip: bool = True, seed: int = 0, augment=None, view_bank: int = 0):
         self.faces = faces
         self.flip = flip
         self.seed = seed
+        self.augment = augment
+        self.view_bank = int(view_bank)
         self.epoch = 0
+
+    @property
+    def views_per_image(self) -> int:
+        """How many distinct views an image has (0: unbounded)."""
+        if self.augment is None:
+            return 2
+        return self.view_bank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -40,13 +60,44 @@ class TrainSamples(Dataset):
     def __len__(self) -> int:
         return len(self.faces)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int, bool]:
+    def view_of(self, index: int) -> int:
+        if self.augment is None:
+            return int(self.flip and flip_decision(self.seed, self.epoch, index))
+        if self.view_bank:
+            return int(np.random.default_rng([self.seed, self.epoch, index, 1]).integers(self.view_bank))
+        return -1
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int, int]:
         image, label = self.faces.sample_uint8(index)
-        x = torch.from_numpy(image)
-        flipped = self.flip and flip_decision(self.seed, self.epoch, index)
-        if flipped:
-            x = x.flip(-1)
-        return x, label, index, flipped
+        view = self.view_of(index)
+        if self.augment is None:
+            x = torch.from_numpy(image)
+            return (x.flip(-1) if view else x), label, index, view
+        key = [self.seed, index, view, 2] if view >= 0 else [self.seed, self.epoch, index, 3]
+        return torch.from_numpy(self.augment(image, np.random.default_rng(key))), label, index, view
+
+
+class ViewBatches:
+    """The DataLoader's ``collate_fn``: stacks (view, label, index, view number) samples, optionally mixes the
+    views (mixup, seeded by the batch's indices) and, given ``teacher`` (a :class:`~.teachers.LiveTeacher`),
+    embeds the final views with it. In DataLoader workers this runs ahead of the student's step, in another
+    process: the teacher's time overlaps the student's (``bench/train.py`` measures by how much)."""
+
+    def __init__(self, samples: TrainSamples, mixup_alpha: float = 0.0, teacher=None):
+        self.samples, self.mixup_alpha, self.teacher = samples, float(mixup_alpha), teacher
+
+    def __call__(self, batch):
+        images = torch.stack([b[0] for b in batch])
+        labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
+        index = torch.tensor([b[2] for b in batch], dtype=torch.int64)
+        views = torch.tensor([b[3] for b in batch], dtype=torch.int64)
+        if self.mixup_alpha > 0:
+            from ..data.views import mixup
+
+            rng = np.random.default_rng([self.samples.seed, self.samples.epoch, *index[:8].tolist()])
+            images = torch.from_numpy(mixup(images.numpy(), rng, self.mixup_alpha))
+        teacher = self.teacher(images) if self.teacher is not None else torch.empty(0)
+        return images, labels, index, views, teacher
 
 
 class EpochBatchSampler(Sampler[List[int]]):
@@ -56,7 +107,7 @@ class EpochBatchSampler(Sampler[List[int]]):
                  max_batches: int = 0):
         per_rank = n // world_size
         if per_rank < batch_size:
-            raise ValueError(f"{n} images are too few for batches of {batch_size} on {world_size} process(es)")
+            raise InputError(f"{n} images are too few for batches of {batch_size} on {world_size} process(es)")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.batches = per_rank // batch_size

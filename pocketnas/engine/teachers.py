@@ -11,13 +11,15 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..data.transforms import fit_size
 from ..models.embedders import Embedder, TorchEmbedder, load_embedder
 
 logger = logging.getLogger(__name__)
 
 
 class TeacherCache:
-    """Teacher embeddings per (image, flipped) in a float32 memory-mapped file, each entry stamped with the step
+    """Teacher embeddings per (image, view) in a float32 memory-mapped file, each entry stamped with the step
     that wrote it. A resumed run forgets entries written after its checkpoint, so it recomputes exactly what the
     uninterrupted run computed; an entry is the teacher's own fp32 output, so caching never changes a result.
 
@@ -25,12 +27,13 @@ class TeacherCache:
     convention, the data's identity and the image transform. A cache written under another key is started afresh
     (and the log says which parts differ)."""
 
-    def __init__(self, folder: str, images: int, dim: int, key: Dict[str, Any], create: bool = True):
+    def __init__(self, folder: str, images: int, dim: int, key: Dict[str, Any], create: bool = True,
+                 views: int = 2):
         os.makedirs(folder, exist_ok=True)
         self.values_path = os.path.join(folder, "embeddings.f32")
         self.steps_path = os.path.join(folder, "written_step.i64")
         meta_path = os.path.join(folder, "cache.json")
-        meta = {"images": images, "dim": dim, **key}
+        meta = {"images": images, "views": views, "dim": dim, **key}
         fresh = True
         if os.path.isfile(meta_path):
             try:
@@ -44,14 +47,14 @@ class TeacherCache:
                 logger.warning("%s: the teacher cache was written for another %s; starting it afresh", folder,
                                ", ".join(what))
         if fresh and create:
-            np.memmap(self.values_path, np.float32, "w+", shape=(images, 2, dim)).flush()
-            steps = np.memmap(self.steps_path, np.int64, "w+", shape=(images, 2))
+            np.memmap(self.values_path, np.float32, "w+", shape=(images, views, dim)).flush()
+            steps = np.memmap(self.steps_path, np.int64, "w+", shape=(images, views))
             steps[:] = -1
             steps.flush()
             with open(meta_path, "w", encoding="utf-8") as f:
                 json.dump(meta, f)
-        self.values = np.memmap(self.values_path, np.float32, "r+", shape=(images, 2, dim))
-        self.steps = np.memmap(self.steps_path, np.int64, "r+", shape=(images, 2))
+        self.values = np.memmap(self.values_path, np.float32, "r+", shape=(images, views, dim))
+        self.steps = np.memmap(self.steps_path, np.int64, "r+", shape=(images, views))
         self.hits = self.misses = 0
 
     def forget_after(self, step: int) -> None:
@@ -70,7 +73,8 @@ class TeacherCache:
 
 
 class FixedTeacher:
-    """A teacher that does not change during training; embeddings of uint8 batches, cached when asked."""
+    """A teacher that does not change during training; embeddings of uint8 batches (resized to the teacher's
+    input size when the views are another size), cached when asked."""
 
     def __init__(self, embedder: Embedder, cache: Optional[TeacherCache] = None):
         self.embedder = embedder
@@ -80,20 +84,49 @@ class FixedTeacher:
     def dim(self) -> int:
         return int(self.embedder.embedding_size)
 
-    def embed(self, images_u8: torch.Tensor, index: torch.Tensor, flipped: torch.Tensor, step: int) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.embedder(fit_size(images, self.embedder.input_size))
+
+    def embed(self, images_u8: torch.Tensor, index: torch.Tensor, view: torch.Tensor, step: int) -> torch.Tensor:
+        """Embeddings of the views ``images_u8`` (image ``index``, view number ``view``), cached when asked."""
         if self.cache is None:
-            return torch.from_numpy(self.embedder(images_u8))
-        idx, flp = index.numpy(), flipped.numpy().astype(np.int64)
+            return torch.from_numpy(self(images_u8))
+        idx, flp = index.numpy(), view.numpy().astype(np.int64)
         have, values = self.cache.lookup(idx, flp)
         out = np.array(values, dtype=np.float32)
         if not have.all():
             miss = np.flatnonzero(~have)
-            fresh = self.embedder(images_u8[torch.from_numpy(miss)])
+            fresh = self(images_u8[torch.from_numpy(miss)])
             out[miss] = fresh
             self.cache.store(idx[miss], flp[miss], fresh, step)
         self.cache.hits += int(have.sum())
         self.cache.misses += int((~have).sum())
         return torch.from_numpy(out)
+
+
+class LiveTeacher:
+    """A fixed teacher for every view, built in whichever process first calls it (a DataLoader worker builds its
+    own ONNX Runtime session or network: neither survives a fork safely), so the teacher runs ahead of the
+    student. Calling it: N x 3 x S x S uint8 views -> float32 N x D tensor."""
+
+    def __init__(self, spec: str, arch: Optional[str] = None, input_norm: Optional[str] = None,
+                 threads: Optional[int] = None):
+        self.spec, self.arch, self.input_norm, self.threads = spec, arch, input_norm, threads
+        self._teacher: Optional[FixedTeacher] = None
+        self._pid = -1
+
+    def __getstate__(self):
+        return {**self.__dict__, "_teacher": None, "_pid": -1}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self._teacher is None or self._pid != os.getpid():
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._teacher = FixedTeacher(build_fixed_teacher(self.spec, self.arch, self.input_norm, "cpu",
+                                                             self.threads))
+            self._pid = os.getpid()
+        with torch.inference_mode():
+            return torch.from_numpy(self._teacher(images))
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
@@ -114,7 +147,7 @@ def teacher_fingerprint(embedder: Embedder) -> str:
     path = getattr(embedder, "path", None)
     if path and os.path.isfile(path):
         return f"file:{file_sha256(path)}"
-    raise ValueError(f"teacher {embedder.name}: cannot fingerprint it for the teacher cache; set teacher_cache=false")
+    raise InputError(f"teacher {embedder.name}: cannot fingerprint it for the teacher cache; set teacher_cache=false")
 
 
 def cache_key(embedder: Embedder, faces, transform: Dict[str, Any]) -> Dict[str, Any]:
@@ -147,11 +180,12 @@ class MultiStepTeacher:
                                     f"{' ...' if len(missing) > 5 else ''}")
         from ..models.checkpoint import read_checkpoint
 
-        dims = {p: int(read_checkpoint(p)["embedding_size"]) for p in (self.paths[0], self.paths[-1])}
-        if len(set(dims.values())) > 1:
-            raise ValueError("the teacher run's checkpoints disagree on the embedding size: "
-                             + ", ".join(f"{p}: {d}-d" for p, d in dims.items()))
-        self.dim = dims[self.paths[0]]
+        heads = {p: read_checkpoint(p) for p in (self.paths[0], self.paths[-1])}
+        shapes = {p: (int(h["embedding_size"]), int(h["input_size"])) for p, h in heads.items()}
+        if len(set(shapes.values())) > 1:
+            raise InputError("the teacher run's checkpoints disagree on the embedding or input size: "
+                             + ", ".join(f"{p}: {d}-d, {s} px" for p, (d, s) in shapes.items()))
+        self.dim, self.input_size = shapes[self.paths[0]]
         self.current: Optional[FixedTeacher] = None
         self.epoch = -1
 
@@ -183,6 +217,6 @@ def hint_layers_of(pairs: Sequence[Sequence[str]]) -> List[List[str]]:
     out = []
     for p in pairs:
         if len(p) != 2:
-            raise ValueError(f"hint_layers entries are [student_module, teacher_module] pairs, got {p!r}")
+            raise InputError(f"hint_layers entries are [student_module, teacher_module] pairs, got {p!r}")
         out.append([str(p[0]), str(p[1])])
     return out

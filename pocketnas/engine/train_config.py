@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..config import ConfigError
 
-KD_MODES = ("embedding", "multistep", "feature")
+# ``kd`` names distillation losses of pocketnas.losses.DISTILL_LOSSES, comma-separated ("embedding,rkd"); two
+# names of earlier releases stay: "multistep" (embedding KD from a teacher run's checkpoint of each epoch) and
+# "feature" (the hint loss)
+KD_ALIASES = {"multistep": "embedding", "feature": "hint"}
 
 
 @dataclass
@@ -26,7 +29,15 @@ class TrainConfig:
     val_bins: List[str] = field(default_factory=list)
     val_every_epochs: int = 1
     val_flip: bool = True
+    # views (Beyer et al. 2022): augment: aligned-face views (crop, shift, mirror, colour, grey) for student and
+    # teacher alike; view_bank: K fixed views per image (a teacher's embeddings of them are cached), 0: a fresh
+    # view every time (the teacher runs on each, in the DataLoader workers); mixup_alpha > 0: mix pairs of views
+    augment: bool = False
+    view_bank: int = 0
+    mixup_alpha: float = 0.0
+    view_size: int = 0                      # pixels of the views (0: the larger of student's and teacher's input)
     # loss: margin -> normalised head -> cross-entropy
+    margin_weight: float = 1.0              # 0: the teacher's losses alone (labels not needed: any face set)
     loss: str = "arcface"
     margin_s: float = 64.0
     margin_m: Optional[float] = None        # arcface 0.5, cosface 0.35 when unset
@@ -45,12 +56,16 @@ class TrainConfig:
     grad_clip: float = 5.0
     init_head: Optional[str] = None         # a run's checkpoint.pt: start the margin head from its class centres
     # distillation
-    kd: Optional[str] = None                # embedding | multistep | feature
+    kd: Optional[str] = None                # comma-separated losses: embedding, rkd, sp, hint (multistep, feature)
     teacher: Optional[str] = None           # model spec, or (multistep) a teacher run folder
     teacher_arch: Optional[str] = None      # for a bare backbone.pth
     teacher_input_norm: Optional[str] = None  # for an ONNX teacher without pocketnas metadata
     kd_weight: float = 100.0
+    rkd_weight: float = 1.0                 # x (25 distance + 50 angle), Park et al.'s weights
+    sp_weight: float = 3000.0               # Tung and Mori's gamma
+    kd_only_epochs: int = 0                 # the first epochs train on the teacher's losses alone, then joint
     teacher_cache: bool = True
+    teacher_threads: int = 1                # threads of the teacher in each DataLoader worker (live teacher)
     hint_layers: List[List[str]] = field(default_factory=list)  # [[student module, teacher module], ...]
     hint_weight: float = 1.0
     # run
@@ -74,12 +89,23 @@ class TrainConfig:
             raise ConfigError(f"{source}: arch {self.arch!r} is not a registered model (see `pocketnas models`)")
         if self.loss not in MARGINS:
             raise ConfigError(f"{source}: loss must be one of {', '.join(MARGINS.names())}, got {self.loss!r}")
-        if self.kd is not None and self.kd not in KD_MODES:
-            raise ConfigError(f"{source}: kd must be one of {', '.join(KD_MODES)}, got {self.kd!r}")
+        losses, _ = self.kd_plan(source)
         if self.kd and not self.teacher:
             raise ConfigError(f"{source}: kd={self.kd} needs a teacher (--teacher or teacher: ...)")
-        if self.kd == "feature" and not self.hint_layers:
-            raise ConfigError(f"{source}: kd=feature needs hint_layers: [[student_module, teacher_module], ...]")
+        if "hint" in losses and not self.hint_layers:
+            raise ConfigError(f"{source}: kd={self.kd} needs hint_layers: [[student_module, teacher_module], ...]")
+        if self.margin_weight < 0 or (self.margin_weight == 0 and not losses):
+            raise ConfigError(f"{source}: margin_weight must be >= 0, and 0 needs a distillation loss (kd)")
+        if self.kd_only_epochs and not (losses and 0 <= self.kd_only_epochs < self.epochs):
+            raise ConfigError(f"{source}: kd_only_epochs needs kd and must lie in 0..epochs-1, got "
+                              f"{self.kd_only_epochs}")
+        if self.mixup_alpha < 0 or (self.mixup_alpha > 0 and self.margin_weight > 0):
+            raise ConfigError(f"{source}: mixup_alpha must be >= 0, and mixing faces needs margin_weight=0 (a mix "
+                              f"of two people has no identity label)")
+        if self.view_bank < 0 or (self.view_bank and not self.augment):
+            raise ConfigError(f"{source}: view_bank must be >= 0 and needs augment=true")
+        if self.view_size < 0 or self.teacher_threads < 1:
+            raise ConfigError(f"{source}: view_size must be >= 0 and teacher_threads >= 1")
         for key in ("batch_size", "epochs", "log_every", "lr_reference_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
@@ -92,6 +118,24 @@ class TrainConfig:
             raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
         if sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"{source}: milestones must be increasing, got {self.milestones}")
+
+    def kd_plan(self, source: str = "config") -> Tuple[List[str], bool]:
+        """(distillation loss names, whether the teacher is multi-step) from ``kd``."""
+        from ..losses.distill import DISTILL_LOSSES
+
+        if not self.kd:
+            return [], False
+        names = [t.strip() for t in str(self.kd).split(",") if t.strip()]
+        losses = []
+        for name in names:
+            loss = KD_ALIASES.get(name, name)
+            if loss not in DISTILL_LOSSES:
+                raise ConfigError(f"{source}: kd: unknown distillation loss {name!r} (known: "
+                                  f"{', '.join(DISTILL_LOSSES.names())}; also multistep, feature)")
+            if loss in losses:
+                raise ConfigError(f"{source}: kd names {loss} twice")
+            losses.append(loss)
+        return losses, "multistep" in names
 
     def margin_kwargs(self) -> Dict[str, Any]:
         from ..losses.margins import margin_kwargs

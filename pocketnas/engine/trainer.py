@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError, config_from_dict
-from ..data.transforms import normalize
-from ..losses.distill import EmbeddingKD, HintKD
+from ..data.transforms import fit_size, normalize
+from ..losses.distill import DISTILL_LOSSES
 from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
 from ..models.checkpoint import atomic_torch_save, save
@@ -33,9 +33,9 @@ from ..registry import create_model
 from . import distributed as dist_utils
 from .allocator import tune_glibc_malloc
 from .run_folder import RunFolder
-from .runlog import close_run_log, open_run_log
-from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
-from .teachers import (FixedTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
+from .runlog import close_run_log, log_run_failure, open_run_log
+from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_dataset
+from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
                        hint_layers_of)
 from .train_config import TrainConfig, recipe_of
 
@@ -62,22 +62,34 @@ def load_head_weights(head: MarginHead, path: str) -> None:
 
 
 class StudentModule(nn.Module):
-    """Backbone + margin head + distillation modules in one module (what DistributedDataParallel wraps)."""
+    """Backbone + margin head + distillation losses in one module (what DistributedDataParallel wraps).
 
-    def __init__(self, backbone: nn.Module, head: MarginHead, kd: Optional[nn.Module] = None,
+    ``kd``: embedding-level distillation losses by name (``pocketnas.losses.DISTILL_LOSSES``); ``hint``: the
+    feature-map loss, fed by ``hint_names``' outputs. ``head`` is None for a run on the teacher alone."""
+
+    def __init__(self, backbone: nn.Module, head: Optional[MarginHead], kd: Optional[nn.ModuleDict] = None,
                  hint: Optional[nn.Module] = None, hint_names: Optional[List[str]] = None):
         super().__init__()
-        self.backbone, self.head, self.kd, self.hint = backbone, head, kd, hint
+        self.backbone, self.head, self.hint = backbone, head, hint
+        self.kd = kd if kd is not None else nn.ModuleDict()
         self.tap = FeatureTap(backbone, hint_names) if hint_names else None
 
-    def forward(self, x, labels, teacher_emb=None, teacher_maps=None) -> Dict[str, torch.Tensor]:
+    def forward(self, x, labels, teacher_emb=None, teacher_maps=None, margin_weight: float = 1.0
+                ) -> Dict[str, torch.Tensor]:
         emb = self.backbone(x)
-        losses = {"ce": F.cross_entropy(self.head(emb, labels), labels)}
-        if self.kd is not None and teacher_emb is not None:
-            losses["kd"] = self.kd(emb, teacher_emb)
+        losses = {}
+        if self.head is not None and margin_weight > 0:
+            ce = F.cross_entropy(self.head(emb, labels), labels)
+            losses["ce"] = ce if margin_weight == 1 else margin_weight * ce
+        if teacher_emb is not None:
+            for name, loss in self.kd.items():
+                losses[LOG_NAMES.get(name, name)] = loss(emb, teacher_emb)
         if self.hint is not None and teacher_maps is not None:
             losses["hint"] = self.hint(self.tap.collect(), teacher_maps)
         return losses
+
+
+LOG_NAMES = {"embedding": "kd"}  # the loss's key in logs and history (PocketNet's name for its KD term)
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -121,7 +133,9 @@ class Trainer:
             self.folder.acquire()
         try:
             self._init(resume)
-        except BaseException:
+        except BaseException as e:
+            if self._log_handler is not None:
+                log_run_failure(e)
             self.close()
             raise
 
@@ -158,68 +172,145 @@ class Trainer:
         self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
 
     def _build(self) -> None:
-        cfg, env = self.cfg, self.env
+        """Data and model, teacher and losses, then the optimiser: each a step of its own."""
+        cfg = self.cfg
         if not cfg.data:
             raise ConfigError("no training data: pass --data PATH (a RecordIO pack or an image folder)")
         self.backbone = (self._given_backbone if self._given_backbone is not None
                          else create_model(cfg.arch, **cfg.model_overrides()))
-        input_size = int(getattr(self.backbone, "input_size", 112))
-        self.faces = open_face_dataset(cfg.data, input_size)
-        self.samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed)
+        self.input_size = int(getattr(self.backbone, "input_size", 112))
+        self.student_norm = self.backbone.pocketnas_cfg.input_norm
+        self.kd_losses, multistep = cfg.kd_plan()
+        teacher_size = self._open_teacher(multistep)
+        self.view_size = cfg.view_size or max(self.input_size, teacher_size)
+        self._build_data()
+        self._build_losses()
+        self._place_teacher()
+        self._build_module()
+        self._build_optimiser()
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+
+    def _open_teacher(self, multistep: bool) -> int:
+        """Open the teacher (if any); returns its input size (0 without one)."""
+        cfg, env = self.cfg, self.env
+        self.teacher = None
+        self.live_teacher = None
+        self.teacher_tap = None
+        if not self.kd_losses:
+            return 0
+        if multistep:
+            self.teacher = MultiStepTeacher(cfg.teacher, cfg.epochs, str(env.device))
+            logger.info("multi-step teacher run %s: all %d epoch checkpoints present", cfg.teacher, cfg.epochs)
+            return self.teacher.input_size
+        embedder = build_fixed_teacher(cfg.teacher, cfg.teacher_arch, cfg.teacher_input_norm, str(env.device),
+                                       threads=cfg.threads or None)
+        self.teacher = FixedTeacher(embedder)
+        return int(embedder.input_size)
+
+    def _build_data(self) -> None:
+        from ..data.views import FaceViewAugment
+
+        cfg, env = self.cfg, self.env
+        self.labelled = cfg.margin_weight > 0
+        self.faces = open_face_dataset(cfg.data, self.view_size, labelled=self.labelled)
+        if self.labelled and self.faces.num_classes < 2:
+            raise ConfigError(f"{cfg.data}: {self.faces.num_classes} identit{'y' if self.faces.num_classes == 1 else 'ies'}"
+                              f": a margin loss needs at least two (or train on the teacher alone: margin_weight=0)")
+        self.samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed,
+                                    augment=FaceViewAugment() if cfg.augment else None, view_bank=cfg.view_bank)
         self.sampler = EpochBatchSampler(len(self.faces), cfg.batch_size, cfg.seed, env.rank, env.world_size,
                                          cfg.max_batches_per_epoch)
         self.steps_per_epoch = self.sampler.batches
-        self.student_norm = self.backbone.pocketnas_cfg.input_norm
+        logger.info("model %s (%s params), %s%d images, %d steps per epoch on %d process(es); views %d px%s%s",
+                    cfg.arch, f"{sum(p.numel() for p in self.backbone.parameters()):,}",
+                    f"{self.faces.num_classes} identities, " if self.labelled else "no labels used, ",
+                    len(self.faces), self.steps_per_epoch, env.world_size, self.view_size,
+                    (f", augmented ({'a bank of %d per image' % cfg.view_bank if cfg.view_bank else 'fresh each time'})"
+                     if cfg.augment else ""), f", mixup alpha {cfg.mixup_alpha:g}" if cfg.mixup_alpha else "")
+        if self.view_size != self.input_size:
+            logger.info("the student sees the views resized to %d px", self.input_size)
+
+    def _build_losses(self) -> None:
+        """The margin head (when labels are used) and every distillation loss, built by name from the registry."""
+        cfg = self.cfg
         emb_dim = int(self.backbone.embedding_size)
-        head = MarginHead(emb_dim, self.faces.num_classes, build_margin(cfg.loss, **cfg.margin_kwargs()))
-        if cfg.init_head:
-            load_head_weights(head, cfg.init_head)
-        logger.info("model %s (%s params), %d identities, %d images, %d steps per epoch on %d process(es)",
-                    cfg.arch, f"{sum(p.numel() for p in self.backbone.parameters()):,}", self.faces.num_classes,
-                    len(self.faces), self.steps_per_epoch, env.world_size)
-
-        self.teacher = None
-        kd_module = hint_module = None
-        hint_names = None
-        self.teacher_tap = None
-        if cfg.kd in ("embedding", "feature"):
-            embedder = build_fixed_teacher(cfg.teacher, cfg.teacher_arch, cfg.teacher_input_norm, str(env.device),
-                                           threads=cfg.threads or None)
-            cache = None
-            if cfg.teacher_cache and cfg.kd == "embedding":
-                cache_dir = os.path.join(self.out_dir, "teacher_cache")
-                key = cache_key(embedder, self.faces, {"decoded_size": input_size, "flip": "mirror"})
-                if env.is_main:
-                    cache = TeacherCache(cache_dir, len(self.faces), int(embedder.embedding_size), key)
-                dist_utils.barrier(env)
-                if not env.is_main:
-                    cache = TeacherCache(cache_dir, len(self.faces), int(embedder.embedding_size), key, create=False)
-            self.teacher = FixedTeacher(embedder, cache)
-            logger.info("teacher %s (input normalisation %s, %s-d)%s", embedder.name, embedder.input_norm,
-                        embedder.embedding_size, ", embeddings cached" if cache else "")
-        elif cfg.kd == "multistep":
-            self.teacher = MultiStepTeacher(cfg.teacher, cfg.epochs, str(env.device))
-            logger.info("multi-step teacher run %s: all %d epoch checkpoints present", cfg.teacher, cfg.epochs)
-        if cfg.kd in ("embedding", "multistep"):
-            kd_module = EmbeddingKD(emb_dim, self.teacher.dim, cfg.kd_weight)
-            if kd_module.projection is not None:
+        self.head = None
+        if self.labelled:
+            self.head = MarginHead(emb_dim, self.faces.num_classes, build_margin(cfg.loss, **cfg.margin_kwargs()))
+            if cfg.init_head:
+                load_head_weights(self.head, cfg.init_head)
+        self.kd_modules: Dict[str, nn.Module] = {}
+        self.hint_names = None
+        for name in self.kd_losses:
+            cls = DISTILL_LOSSES.get(name)
+            weight = getattr(cfg, cls.weight_key)
+            if cls.inputs == "maps":
+                self.kd_modules[name] = self._hint_loss(cls, weight)
+                continue
+            module = cls(student_dim=emb_dim, teacher_dim=self.teacher.dim, weight=weight)
+            if getattr(module, "projection", None) is not None:
                 logger.info("student embedding %d-d, teacher %d-d: a learned linear projection maps the student's "
-                            "embedding to the teacher's size for the KD loss", emb_dim, self.teacher.dim)
-        if cfg.kd == "feature":
-            if not isinstance(self.teacher.embedder, TorchEmbedder):
-                raise ConfigError("kd=feature needs a PyTorch teacher (checkpoint or backbone): an ONNX model does "
-                                  "not expose its intermediate feature maps")
-            pairs = hint_layers_of(cfg.hint_layers)
-            hint_names = [s for s, _ in pairs]
-            t_model = self.teacher.embedder.model
-            self.teacher_tap = FeatureTap(t_model, [t for _, t in pairs])
-            chans = list(zip(feature_channels(self.backbone, hint_names, input_size),
-                             feature_channels(t_model, [t for _, t in pairs], input_size)))
-            hint_module = HintKD(chans, cfg.hint_weight)
-            logger.info("feature KD: %s", ", ".join(f"{s} ({cs} ch) -> {t} ({ct} ch)"
-                                                     for (s, t), (cs, ct) in zip(pairs, chans)))
+                            "embedding to the teacher's size for the %s loss", emb_dim, self.teacher.dim, name)
+            self.kd_modules[name] = module
+        if self.kd_losses:
+            logger.info("distillation: %s (weights %s)%s", ", ".join(self.kd_losses),
+                        ", ".join(f"{getattr(cfg, DISTILL_LOSSES.get(n).weight_key):g}" for n in self.kd_losses),
+                        "" if self.labelled else "; no margin loss (margin_weight=0)")
+            if cfg.kd_only_epochs:
+                logger.info("the first %d epoch(s) train on the teacher alone, then the margin loss joins",
+                            cfg.kd_only_epochs)
 
-        self.module = StudentModule(self.backbone, head, kd_module, hint_module, hint_names).to(env.device)
+    def _hint_loss(self, cls, weight: float) -> nn.Module:
+        teacher = getattr(self.teacher, "embedder", None)
+        if not isinstance(teacher, TorchEmbedder):
+            raise ConfigError(f"kd={self.cfg.kd} (hint) needs a fixed PyTorch teacher (checkpoint or backbone): an "
+                              f"ONNX model does not expose its intermediate feature maps")
+        pairs = hint_layers_of(self.cfg.hint_layers)
+        self.hint_names = [s for s, _ in pairs]
+        t_model = teacher.model
+        self.teacher_tap = FeatureTap(t_model, [t for _, t in pairs])
+        chans = list(zip(feature_channels(self.backbone, self.hint_names, self.input_size),
+                         feature_channels(t_model, [t for _, t in pairs], int(teacher.input_size))))
+        logger.info("feature KD: %s", ", ".join(f"{s} ({cs} ch) -> {t} ({ct} ch)"
+                                                 for (s, t), (cs, ct) in zip(pairs, chans)))
+        return cls(chans, weight)
+
+    def _place_teacher(self) -> None:
+        """Where the teacher's embeddings come from: a disk cache of each image's views, the DataLoader workers
+        (a fresh view every step, computed ahead of the student), or the training process itself."""
+        cfg, env = self.cfg, self.env
+        if not isinstance(self.teacher, FixedTeacher):
+            return
+        embedder = self.teacher.embedder
+        needs_maps = self.teacher_tap is not None
+        views = self.samples.views_per_image
+        if cfg.teacher_cache and views and not cfg.mixup_alpha and not needs_maps:
+            cache_dir = os.path.join(self.out_dir, "teacher_cache")
+            transform = {"view_size": self.view_size, "views": views, "flip": cfg.flip,
+                         "augment": repr(self.samples.augment) if self.samples.augment else None, "seed": cfg.seed}
+            key = cache_key(embedder, self.faces, transform)
+            if env.is_main:
+                self.teacher.cache = TeacherCache(cache_dir, len(self.faces), self.teacher.dim, key, views=views)
+            dist_utils.barrier(env)
+            if not env.is_main:
+                self.teacher.cache = TeacherCache(cache_dir, len(self.faces), self.teacher.dim, key, create=False,
+                                                  views=views)
+            where = f"embeddings cached ({views} views per image)"
+        elif not needs_maps and env.device.type == "cpu" and cfg.workers > 0:
+            self.live_teacher = LiveTeacher(cfg.teacher, cfg.teacher_arch, embedder.input_norm, cfg.teacher_threads)
+            where = f"run on every view in the {cfg.workers} DataLoader worker(s), ahead of the student"
+        else:
+            where = "run on every view in the training process"
+        logger.info("teacher %s (input normalisation %s, %d px, %s-d): %s", embedder.name, embedder.input_norm,
+                    embedder.input_size, embedder.embedding_size, where)
+
+    def _build_module(self) -> None:
+        cfg, env = self.cfg, self.env
+        kd = nn.ModuleDict({n: m for n, m in self.kd_modules.items() if DISTILL_LOSSES.get(n).inputs != "maps"})
+        hint = next((m for n, m in self.kd_modules.items() if DISTILL_LOSSES.get(n).inputs == "maps"), None)
+        self.module = StudentModule(self.backbone, self.head, kd, hint, self.hint_names).to(env.device)
         self.cuda = env.device.type == "cuda"
         if cfg.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -227,11 +318,14 @@ class Trainer:
             tune_glibc_malloc()
         total_steps = self.steps_per_epoch * cfg.epochs
         want = str(cfg.compile).lower()
-        if want == "true" or (want == "auto" and total_steps >= 300 and hint_names is None):
+        if want == "true" or (want == "auto" and total_steps >= 300 and self.hint_names is None):
             self.backbone.compile()  # in place: state-dict keys unchanged
             logger.info("backbone compiled with torch.compile (first steps include compilation)")
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.module, device_ids=[env.device] if self.cuda
                                                               else None) if env.distributed else None)
+
+    def _build_optimiser(self) -> None:
+        cfg, env = self.cfg, self.env
         backbone_params = list(self.backbone.parameters())
         ids = {id(p) for p in backbone_params}
         others = [p for p in self.module.parameters() if id(p) not in ids]
@@ -246,9 +340,6 @@ class Trainer:
         if self.cuda and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        if self.resume_state is not None:
-            self._restore(self.resume_state)
         logger.info("lr %.5f (%.3f x global batch %d / %d), %d epochs", self.base_lr, cfg.lr, global_batch,
                     cfg.lr_reference_batch, cfg.epochs)
 
@@ -291,26 +382,34 @@ class Trainer:
                                             "recipe": recipe_of(self.cfg)})
 
     # ------------------------------------------------------------------ the loop
-    def _teacher_outputs(self, images_u8, index, flipped):
+    def _teacher_outputs(self, images_u8, index, view, live):
+        """(teacher embeddings, teacher feature maps) for this batch of views, as the losses need them."""
+        if live.numel():
+            return live.to(self.env.device), None
         if self.teacher is None:
             return None, None
-        if self.cfg.kd == "feature":
-            t_model = self.teacher.embedder.model
+        if self.teacher_tap is not None:
+            embedder = self.teacher.embedder
             with torch.no_grad():
-                t_model(normalize(images_u8.to(self.env.device), self.teacher.embedder.input_norm))
+                x = fit_size(images_u8.to(self.env.device), embedder.input_size)
+                embedder.model(normalize(x, embedder.input_norm))
             return None, [m.detach() for m in self.teacher_tap.collect()]
-        return self.teacher.embed(images_u8, index, flipped, self.step).to(self.env.device), None
+        return self.teacher.embed(images_u8, index, view, self.step).to(self.env.device), None
 
-    def train_step(self, images_u8, labels, index, flipped) -> Dict[str, float]:
+    def margin_weight(self) -> float:
+        """The margin loss's weight now: 0 in the teacher-only phase (``kd_only_epochs``)."""
+        return 0.0 if self.epoch < self.cfg.kd_only_epochs else self.cfg.margin_weight
+
+    def train_step(self, images_u8, labels, index, view, live=None) -> Dict[str, float]:
         cfg, dev = self.cfg, self.env.device
-        x = normalize(images_u8.to(dev, non_blocking=True), self.student_norm)
+        x = normalize(fit_size(images_u8.to(dev, non_blocking=True), self.input_size), self.student_norm)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(dev, non_blocking=True)
-        t_emb, t_maps = self._teacher_outputs(images_u8, index, flipped)
+        t_emb, t_maps = self._teacher_outputs(images_u8, index, view, live if live is not None else torch.empty(0))
         autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
-            losses = (self.ddp or self.module)(x, labels, t_emb, t_maps)
+            losses = (self.ddp or self.module)(x, labels, t_emb, t_maps, self.margin_weight())
             loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -325,8 +424,10 @@ class Trainer:
         return out
 
     def _loader(self) -> DataLoader:
+        collate = ViewBatches(self.samples, self.cfg.mixup_alpha, self.live_teacher)
         return DataLoader(self.samples, batch_sampler=self.sampler, num_workers=self.cfg.workers,
-                          pin_memory=self.cuda, prefetch_factor=4 if self.cfg.workers else None)
+                          pin_memory=self.cuda, prefetch_factor=4 if self.cfg.workers else None,
+                          collate_fn=collate)
 
     def fit(self) -> Dict[str, Any]:
         from tqdm import tqdm
@@ -345,8 +446,8 @@ class Trainer:
                 seen = 0
                 bar = tqdm(self._loader(), total=len(self.sampler), disable=not env.is_main,
                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
-                for images, labels, index, flipped in bar:
-                    losses = self.train_step(images, labels, index, flipped)
+                for images, labels, index, view, live in bar:
+                    losses = self.train_step(images, labels, index, view, live)
                     self.batch_in_epoch += 1
                     self.step += 1
                     seen += 1
@@ -422,5 +523,9 @@ def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Option
     trainer = Trainer(cfg, out_dir, resume, backbone, overwrite)
     try:
         return trainer.fit()
+    except BaseException as e:
+        if trainer.env.is_main:
+            log_run_failure(e)
+        raise
     finally:
         trainer.close()

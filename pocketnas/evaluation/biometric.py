@@ -6,6 +6,8 @@ from typing import Dict, Iterable, Tuple
 
 import numpy as np
 
+from ..errors import InputError
+
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -17,7 +19,7 @@ def roc_curve(scores: np.ndarray, genuine: np.ndarray) -> Tuple[np.ndarray, np.n
         raise ValueError(f"{len(scores)} scores for {len(genuine)} labels")
     pos, neg = int(genuine.sum()), int((~genuine).sum())
     if pos == 0 or neg == 0:
-        raise ValueError(f"a ROC needs genuine and impostor pairs (got {pos} genuine, {neg} impostor)")
+        raise InputError(f"a ROC needs genuine and impostor pairs (got {pos} genuine, {neg} impostor)")
     order = np.argsort(-scores, kind="mergesort")
     s, g = scores[order], genuine[order]
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of equal scores

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ..errors import InputError
 from .align import align_face
 from .biometric import summarize_scores
 
@@ -47,7 +48,7 @@ def _read_table(path: str, columns: int) -> np.ndarray:
             if not parts:
                 continue
             if len(parts) != columns:
-                raise ValueError(f"{path}: line {n} has {len(parts)} fields, expected {columns}")
+                raise InputError(f"{path}: line {n} has {len(parts)} fields, expected {columns}")
             rows.append(parts)
     return np.array(rows, dtype=object).reshape(-1, columns)
 
@@ -55,21 +56,21 @@ def _read_table(path: str, columns: int) -> np.ndarray:
 def read_protocol(root: str, target: str = "IJBC") -> IJBProtocol:
     t = target.lower()
     if t not in ("ijbb", "ijbc"):
-        raise ValueError(f"target must be IJBB or IJBC, not {target!r}")
+        raise InputError(f"target must be IJBB or IJBC, not {target!r}")
     meta = os.path.join(root, "meta")
     tid = _read_table(os.path.join(meta, f"{t}_face_tid_mid.txt"), 3)
     pairs = _read_table(os.path.join(meta, f"{t}_template_pair_label.txt"), 3)
     pts = _read_table(os.path.join(meta, f"{t}_name_5pts_score.txt"), 12)
     names = pts[:, 0].astype(str)
     if not np.array_equal(names, tid[:, 0].astype(str)):
-        raise ValueError(f"{meta}: the landmark file and face_tid_mid file list different images (or orders)")
+        raise InputError(f"{meta}: the landmark file and face_tid_mid file list different images (or orders)")
     try:
         return IJBProtocol(images=names, landmarks=pts[:, 1:11].astype(np.float64).reshape(-1, 5, 2),
                            scores=pts[:, 11].astype(np.float64), templates=tid[:, 1].astype(np.int64),
                            medias=tid[:, 2].astype(np.int64), pairs=pairs[:, :2].astype(np.int64),
                            labels=pairs[:, 2].astype(np.int64), image_dir=os.path.join(root, "loose_crop"))
     except ValueError as e:
-        raise ValueError(f"{meta}: non-numeric protocol field ({e})") from None
+        raise InputError(f"{meta}: non-numeric protocol field ({e})") from None
 
 
 def load_aligned(protocol: IJBProtocol, size: int = 112, workers: int = 2, progress: bool = True) -> np.ndarray:
@@ -85,7 +86,7 @@ def load_aligned(protocol: IJBProtocol, size: int = 112, workers: int = 2, progr
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB"))
         except (FileNotFoundError, OSError) as e:
-            raise ValueError(f"{path}: cannot read image ({e})") from None
+            raise InputError(f"{path}: cannot read image ({e})") from None
         out[i] = align_face(rgb, protocol.landmarks[i], size)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -114,7 +115,7 @@ def pair_scores(template_feats: np.ndarray, unique: np.ndarray, pairs: np.ndarra
         a = np.array([pos[int(t)] for t in pairs[:, 0]])
         b = np.array([pos[int(t)] for t in pairs[:, 1]])
     except KeyError as e:
-        raise ValueError(f"pair file names template {e.args[0]}, which has no image") from None
+        raise InputError(f"pair file names template {e.args[0]}, which has no image") from None
     return np.sum(template_feats[a] * template_feats[b], axis=1)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..models.embedders import Embedder, OnnxEmbedder, TorchEmbedder, embed_images
 from .biometric import roc_curve, tar_at_far
 from .verification import evaluate_pairs, pair_distances
@@ -71,6 +72,40 @@ def verify_bins(embedder: Embedder, bins: Sequence[str], flip: bool = True, batc
         logger.info("%s: %.2f%% +- %.2f (%d pairs, %.1f s)", stem, 100 * result["accuracy_mean"],
                     100 * result["accuracy_std"], result["pairs"], result["seconds"])
     return results
+
+
+def verification_report(embedder: Embedder, path: str, teacher: Optional[Embedder] = None, batch_size: int = 64,
+                        progress: bool = True) -> Dict[str, Any]:
+    """One ``.bin`` set without and with the flip test from the same two passes (each image and its mirror), and,
+    given ``teacher``, the mean cosine between the student's and the teacher's embeddings of the images (no flip;
+    meaningful when the student was distilled into the teacher's coordinate frame, about 0 otherwise)."""
+    from ..data.binfile import read_bin
+
+    t0 = time.perf_counter()
+    images, issame = read_bin(path, size=embedder.input_size, progress=progress)
+    plain = embed_images(embedder, images, batch_size, flip=False, progress=progress, desc="embedding")
+    mirrored = embed_images(embedder, np.ascontiguousarray(images[..., ::-1]), batch_size, flip=False,
+                            progress=progress, desc="embedding mirrors")
+    report: Dict[str, Any] = {"set": os.path.splitext(os.path.basename(path))[0], "path": path,
+                              "no_flip": evaluate_pairs(plain, issame), "flip": evaluate_pairs(plain + mirrored, issame)}
+    if teacher is not None:
+        t_images = images if teacher.input_size == embedder.input_size else read_bin(path, size=teacher.input_size,
+                                                                                      progress=False)[0]
+        t_emb = embed_images(teacher, t_images, batch_size, flip=False, progress=progress, desc="teacher")
+        if t_emb.shape[1] == plain.shape[1]:
+            cos = np.sum(_unit(plain) * _unit(t_emb), axis=1)
+            report["teacher_cosine_mean"] = float(cos.mean())
+            report["teacher_cosine_median"] = float(np.median(cos))
+        report["teacher"] = teacher.name
+    report["seconds"] = time.perf_counter() - t0
+    for key in ("no_flip", "flip"):
+        report[key].pop("roc_fpr", None)
+        report[key].pop("roc_tpr", None)
+    return report
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def verify_folder(embedder: Embedder, folder: str, n_pairs: int = 600, folds: int = 10, seed: int = 0,
@@ -138,9 +173,9 @@ def compare_results(paths: Sequence[str], out_png: str, data_set: Optional[str] 
         sets = [k for k in data if k != META_KEY]
         stem = data_set or (sets[0] if sets else None)
         if stem not in data:
-            raise ValueError(f"{path}: no results for set {stem!r} (has: {', '.join(sets)})")
+            raise InputError(f"{path}: no results for set {stem!r} (has: {', '.join(sets)})")
         if not cost.get("params") or not cost.get("mflops"):
-            raise ValueError(f"{path}: no cost report (parameters and MFLOPs) in {META_KEY}; run eval verify with "
+            raise InputError(f"{path}: no cost report (parameters and MFLOPs) in {META_KEY}; run eval verify with "
                              f"its cost report on")
         points.append({"name": meta.get("model", os.path.basename(path)), "params": cost["params"],
                        "mflops": cost["mflops"], "accuracy": data[stem]["accuracy_mean"], "set": stem,

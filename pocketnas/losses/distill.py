@@ -3,6 +3,13 @@
 * ``embedding``: PocketNet's KD (Boutros et al., IEEE Access 2022, eq. 6): w * MSE(student / |student|,
   teacher / |teacher|). When the embedding sizes differ, a learned linear projection maps the student's embedding
   to the teacher's size first (and the trainer says so in the log).
+* ``rkd``: relational KD (Park et al., "Relational Knowledge Distillation", CVPR 2019, eqs. 4-8): the student's
+  pairwise distances (each divided by their batch mean) and the angles of its triplets match the teacher's under
+  the Huber loss, w * (25 * distance + 50 * angle) with the paper's weights. Computed on L2-normalised
+  embeddings (verification compares directions), so no shared coordinate frame or embedding size is needed.
+* ``sp``: similarity-preserving KD (Tung and Mori, ICCV 2019, eq. 2-4): the row-normalised batch similarity
+  matrices of student and teacher agree, w * ||G_s - G_t||_F^2 / b^2 (on normalised embeddings, G is the batch's
+  cosine matrix).
 * ``hint``: FitNets (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015) as used for face recognition by
   Wei et al. ("Efficient Face Recognition Algorithm Based on Mobile Device", 2019): w * MSE(adapter(student map),
   teacher map) for chosen pairs of intermediate feature maps; each adapter is a 1x1 conv + BN from the student's
@@ -23,6 +30,9 @@ DISTILL_LOSSES: Registry[Any] = Registry("distillation loss")
 
 @DISTILL_LOSSES.register("embedding")
 class EmbeddingKD(nn.Module):
+    inputs = "embedding"   # what of the teacher it needs: its embeddings ("embedding") or feature maps ("maps")
+    weight_key = "kd_weight"  # the training config's key for its weight
+
     def __init__(self, student_dim: int, teacher_dim: int, weight: float = 100.0):
         super().__init__()
         self.weight = float(weight)
@@ -46,8 +56,54 @@ class HintAdapter(nn.Module):
         return x
 
 
+@DISTILL_LOSSES.register("rkd")
+class RelationalKD(nn.Module):
+    inputs = "embedding"
+    weight_key = "rkd_weight"
+
+    def __init__(self, student_dim: int = 0, teacher_dim: int = 0, weight: float = 1.0,
+                 distance_weight: float = 25.0, angle_weight: float = 50.0):
+        super().__init__()
+        self.weight, self.distance_weight, self.angle_weight = float(weight), distance_weight, angle_weight
+
+    @staticmethod
+    def _distances(e: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(e, e).clamp_min(1e-12)
+        off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        return d / d[off].mean()
+
+    @staticmethod
+    def _angles(e: torch.Tensor) -> torch.Tensor:
+        diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # [j, i] = unit vector e_i - e_j
+        return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)           # cos of angle i-j-k, per j
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        s, t = F.normalize(student.float(), dim=1), F.normalize(teacher.float(), dim=1).detach()
+        loss = self.distance_weight * F.smooth_l1_loss(self._distances(s), self._distances(t))
+        loss = loss + self.angle_weight * F.smooth_l1_loss(self._angles(s), self._angles(t))
+        return self.weight * loss
+
+
+@DISTILL_LOSSES.register("sp")
+class SimilarityPreservingKD(nn.Module):
+    inputs = "embedding"
+    weight_key = "sp_weight"
+
+    def __init__(self, student_dim: int = 0, teacher_dim: int = 0, weight: float = 1.0):
+        super().__init__()
+        self.weight = float(weight)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        s, t = F.normalize(student.float(), dim=1), F.normalize(teacher.float(), dim=1).detach()
+        gs, gt = F.normalize(s @ s.T, dim=1), F.normalize(t @ t.T, dim=1)
+        return self.weight * (gs - gt).pow(2).sum() / len(s) ** 2
+
+
 @DISTILL_LOSSES.register("hint")
 class HintKD(nn.Module):
+    inputs = "maps"
+    weight_key = "hint_weight"
+
     def __init__(self, channels: Sequence[Tuple[int, int]], weight: float = 1.0):
         super().__init__()
         self.weight = float(weight)

@@ -20,6 +20,7 @@ from typing import Any, Dict
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from ..registry import Registry
 
 MARGINS: Registry[Any] = Registry("margin")
@@ -39,7 +40,7 @@ class ArcFaceMargin(nn.Module):
     def __init__(self, s: float = 64.0, m: float = 0.5):
         super().__init__()
         if not 0 <= m < math.pi / 2:
-            raise ValueError(f"ArcFace margin m must lie in [0, pi/2), got {m}")
+            raise InputError(f"ArcFace margin m must lie in [0, pi/2), got {m}")
         self.s, self.m = float(s), float(m)
         self.cos_m, self.sin_m = math.cos(m), math.sin(m)
         self.th = math.cos(math.pi - m)
@@ -72,7 +73,7 @@ class CombinedMargin(nn.Module):
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0):
         super().__init__()
         if m1 <= 0:
-            raise ValueError(f"combined margin m1 must be positive, got {m1}")
+            raise InputError(f"combined margin m1 must be positive, got {m1}")
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.limit = (math.pi - self.m2) / self.m1  # the angle where m1 theta + m2 = pi
         if self.m1 == 1.0 and self.m3 == 0.0:
@@ -105,7 +106,7 @@ def build_margin(name: str, **kwargs: Any) -> nn.Module:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"margin {name!r}: {e}") from None
+        raise InputError(f"margin {name!r}: {e}") from None
 
 
 def margin_kwargs(name: str, cfg: Dict[str, Any]) -> Dict[str, Any]:

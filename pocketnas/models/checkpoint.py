@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..errors import PocketnasError
 from ..nas.genotype import Genotype
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ FORMAT = "pocketnas.model"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PocketnasError, ValueError):
     """A checkpoint that cannot be read, is damaged, or does not fit the requested architecture."""
 
 

@@ -10,6 +10,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..data.transforms import check_norm, normalize
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class OnnxEmbedder(Embedder):
         meta = self.session.get_modelmeta().custom_metadata_map
         declared = meta.get("input_norm")
         if input_norm is None and declared is None:
-            raise ValueError(f"{path} does not declare its input normalisation; pass --input-norm arcface|raw255 "
+            raise InputError(f"{path} does not declare its input normalisation; pass --input-norm arcface|raw255 "
                              f"(arcface: (x/255-0.5)/0.5, raw255: RGB 0..255)")
         if input_norm and declared and input_norm != declared:
             logger.warning("%s declares input_norm=%s; using %s as asked", path, declared, input_norm)

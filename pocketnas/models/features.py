@@ -7,6 +7,8 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import UnknownNameError
+
 
 class FeatureTap:
     """Records the outputs of the named submodules on every forward pass: ``tap.maps`` after a call."""
@@ -19,7 +21,7 @@ class FeatureTap:
         for name in self.names:
             if name not in modules:
                 close = difflib.get_close_matches(name, list(modules), n=4)
-                raise KeyError(f"{type(model).__name__} has no module {name!r}"
+                raise UnknownNameError(f"{type(model).__name__} has no module {name!r}"
                                + (f"; did you mean {', '.join(close)}?" if close else ""))
             self._handles.append(modules[name].register_forward_hook(self._hook(name)))
 

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from ..registry import ModelCfg, register_model
 from .se import SqueezeExcite
 
@@ -45,7 +46,7 @@ class IResNet(nn.Module):
                  input_size: int = 112, se: bool = False):
         super().__init__()
         if input_size % 16:
-            raise ValueError(f"iResNet input size must be a multiple of 16, got {input_size}")
+            raise InputError(f"iResNet input size must be a multiple of 16, got {input_size}")
         self.embedding_size = embedding_size
         self.input_size = input_size
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -75,7 +76,7 @@ class IResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"iResNet expects N x 3 x {self.input_size} x {self.input_size} input, "
+            raise InputError(f"iResNet expects N x 3 x {self.input_size} x {self.input_size} input, "
                              f"got {tuple(x.shape)}")
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))

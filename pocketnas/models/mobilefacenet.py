@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from ..registry import ModelCfg, register_model
 
 
@@ -74,7 +75,7 @@ class MobileFaceNet(nn.Module):
                  input_size: int = 112):
         super().__init__()
         if input_size % 16:
-            raise ValueError(f"MobileFaceNet input size must be a multiple of 16, got {input_size}")
+            raise InputError(f"MobileFaceNet input size must be a multiple of 16, got {input_size}")
         self.embedding_size = embedding_size
         self.input_size = input_size
         c64, c128 = 64 * scale, 128 * scale
@@ -102,7 +103,7 @@ class MobileFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"MobileFaceNet expects N x 3 x {self.input_size} x {self.input_size} input, "
+            raise InputError(f"MobileFaceNet expects N x 3 x {self.input_size} x {self.input_size} input, "
                              f"got {tuple(x.shape)}")
         for layer in self.layers:
             x = layer(x)

@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 from ..nas.genotype import Genotype, get_genotype
 from ..nas.ops import activation
 from ..registry import ModelCfg, register_model
@@ -43,9 +44,9 @@ class PocketNet(nn.Module):
         super().__init__()
         self.genotype = get_genotype(genotype).validate()
         if layers < 3:
-            raise ValueError(f"a PocketNet needs at least 3 cells (3 reductions), got layers={layers}")
+            raise InputError(f"a PocketNet needs at least 3 cells (3 reductions), got layers={layers}")
         if channels < 1 or embedding_size < 1:
-            raise ValueError(f"channels and embedding_size must be positive, got {channels}, {embedding_size}")
+            raise InputError(f"channels and embedding_size must be positive, got {channels}, {embedding_size}")
         self.embedding_size = embedding_size
         self.input_size = input_size
         self.se = se
@@ -91,7 +92,7 @@ class PocketNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"{type(self).__name__} expects N x 3 x {self.input_size} x {self.input_size} input, "
+            raise InputError(f"{type(self).__name__} expects N x 3 x {self.input_size} x {self.input_size} input, "
                              f"got {tuple(x.shape)}; build it with input_size={x.shape[-1]} for other crops")
         s0 = s1 = self.stem(x)
         for cell in self.cells:

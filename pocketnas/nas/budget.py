@@ -20,6 +20,7 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..evaluation.cost import count_flops, count_parameters
 from ..models.pocketnet import final_map_size, reduction_layers
 from .genotype import Genotype
@@ -93,7 +94,7 @@ def build_cost_model(space: SearchSpace, metric: str, channels: int, layers: int
     from ..registry import create_model
 
     if metric not in ("params", "flops"):
-        raise ValueError(f"budget metric must be params or flops, not {metric!r}")
+        raise InputError(f"budget metric must be params or flops, not {metric!r}")
     ops = list(space.operations)
     reductions = reduction_layers(layers)
     size = final_map_size(input_size, 0)
@@ -150,7 +151,7 @@ def parse_amount(text: str) -> float:
     try:
         value = float(number) * scale
     except ValueError:
-        raise ValueError(f"cannot read {text!r} as an amount (e.g. 1.0M, 600M, 925632)") from None
+        raise InputError(f"cannot read {text!r} as an amount (e.g. 1.0M, 600M, 925632)") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"budget must be positive, got {text!r}")
+        raise InputError(f"budget must be positive, got {text!r}")
     return value

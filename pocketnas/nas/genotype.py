@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
+from ..errors import PocketnasError
+
 Edge = Tuple[str, int]
 Node = Tuple[Edge, ...]
 CellSpec = Tuple[Node, ...]
@@ -24,7 +26,7 @@ CellSpec = Tuple[Node, ...]
 FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 
-class GenotypeError(ValueError):
+class GenotypeError(PocketnasError, ValueError):
     """A genotype string, file or value that is malformed or invalid."""
 
 

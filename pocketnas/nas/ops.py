@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..registry import Registry
 
 OpBuilder = Callable[[int, int, bool, str], nn.Module]
@@ -259,7 +260,7 @@ def activation(name: str, channels: int) -> nn.Module:
         return PReLU(channels)
     if name == "relu":
         return nn.ReLU(inplace=False)
-    raise ValueError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})")
+    raise InputError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})")
 
 
 class DwConv(nn.Module):

@@ -29,7 +29,7 @@ from ..data.transforms import normalize
 from ..engine import distributed as dist_utils
 from ..engine.allocator import tune_glibc_malloc
 from ..engine.run_folder import RunFolder
-from ..engine.runlog import close_run_log, open_run_log
+from ..engine.runlog import close_run_log, log_run_failure, open_run_log
 from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from ..engine.trainer import rng_state, set_rng_state
 from ..losses.heads import MarginHead
@@ -202,7 +202,9 @@ class Searcher:
             self.folder.acquire()
         try:
             self._init(resume)
-        except BaseException:
+        except BaseException as e:
+            if self._log_handler is not None:
+                log_run_failure(e)
             self.close()
             raise
 
@@ -529,5 +531,9 @@ def search(cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: boo
     searcher = Searcher(cfg, out_dir, resume, overwrite)
     try:
         return searcher.run()
+    except BaseException as e:
+        if searcher.env.is_main:
+            log_run_failure(e)
+        raise
     finally:
         searcher.close()

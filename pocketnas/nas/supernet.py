@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..models.pocketnet import final_map_size
 from .genotype import Genotype
 from .ops import activation, make_op, preprocess_op
@@ -44,7 +45,7 @@ class MixedOp(nn.Module):
                  skip_none: bool = True):
         super().__init__()
         if channels % partial_k:
-            raise ValueError(f"partial channels: {channels} channels are not divisible by k={partial_k}")
+            raise InputError(f"partial channels: {channels} channels are not divisible by k={partial_k}")
         self.k = partial_k
         self.stride = stride
         self.names = list(operations)

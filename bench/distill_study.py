@@ -1,0 +1,134 @@
+"""The distillation comparison of docs/distillation.md: PocketNetS-128 students on one budget, one row per method.
+
+Every row trains with ``pocketnas train`` on the same data, epochs, batch, schedule, crop size and seed (only the
+distillation settings differ), then is evaluated on LFW (10-fold, without and with the flip test, AUC, EER,
+student-teacher cosine) from its last checkpoint. Rows already evaluated are skipped; a row whose run was
+interrupted resumes. The table is rewritten after every row.
+
+    python bench/distill_study.py --data c2k --bin lfw.bin --teacher sface_fp32.onnx --out runs/study \\
+        --rows none,kd100,fm1000,fm1000_nolabel [--torch-teacher runs/t_r18]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# the budget every row shares (PocketNetS-128 at 56x56 from 112x112 views; the CPU recipe of train/)
+COMMON = ["--set", "arch=pocketnet_s_128", "--set", "model_kwargs={input_size: 56}", "--set", "view_size=112",
+          "--set", "batch_size=64", "--set", "lr=0.1", "--set", "lr_reference_batch=64", "--set", "warmup_epochs=1",
+          "--set", "margin_s=32", "--set", "margin_m=0.3", "--set", "workers=2", "--set", "threads=2"]
+
+# row -> (what it is, extra arguments); {teacher} / {torch_teacher} are filled in
+ROWS = {
+    "none": ("no distillation (ArcFace)", []),
+    "augment": ("no distillation, augmented views (control)", ["--set", "augment=true"]),
+    "kd100": ("PocketNet's embedding KD, w=100 (teacher on image and mirror, cached)",
+              ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=100"]),
+    "kd1000": ("embedding KD, w=1000, cached (control for the weight)",
+               ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000"]),
+    "fm1000": ("function matching: embedding KD w=1000 on consistent augmented views (live teacher) + ArcFace",
+               ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set", "augment=true"]),
+    "fm1000_nolabel": ("function matching without labels (teacher only, w=1000)",
+                       ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
+                        "augment=true", "--set", "margin_weight=0"]),
+    "rkd": ("relational KD (RKD distance + angle) + ArcFace, cached",
+            ["--kd", "rkd", "--teacher", "{teacher}"]),
+    "sp": ("similarity-preserving KD + ArcFace, cached", ["--kd", "sp", "--teacher", "{teacher}"]),
+    "ms_last": ("embedding KD w=100 from the iResNet-18 teacher's last checkpoint",
+                ["--kd", "embedding", "--teacher", "{torch_teacher}/model.pt", "--set", "kd_weight=100"]),
+    "ms_multi": ("multi-step KD w=100: epoch e from the iResNet-18 teacher's epoch e",
+                 ["--kd", "multistep", "--teacher", "{torch_teacher}", "--set", "kd_weight=100"]),
+    "hint_se": ("feature (hint) KD with squeeze-excitation from the iResNet-18 teacher + ArcFace",
+                ["--kd", "feature", "--teacher", "{torch_teacher}/model.pt", "--set", "se=true", "--set",
+                 "hint_layers=[[cells.5, layer2], [cells.11, layer3]]"]),
+}
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict:
+    out = os.path.join(args.out, name)
+    desc, extra = ROWS[name]
+    extra = [a.format(teacher=args.teacher, torch_teacher=args.torch_teacher) for a in extra]
+    if "--teacher" in extra and args.teacher.endswith(".onnx"):
+        extra += ["--teacher-input-norm", args.teacher_input_norm]
+    cmd = ["pocketnas", "train", "--data", args.data, "--out", out, *COMMON, "--set", f"epochs={args.epochs}",
+           "--set", f"milestones=[{args.epochs - 1}]", "--set", f"seed={args.seed}", *extra]
+    resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "pocketnas.cli", *cmd[1:], *(["--resume"] if resume else [])], check=True)
+    minutes = (time.time() - t0) / 60
+    return {"row": name, "what": desc, "command": " ".join(cmd), "train_minutes_this_process": minutes,
+            "resumed": resume}
+
+
+def evaluate_row(name: str, args: argparse.Namespace, info: dict) -> dict:
+    import torch
+
+    import pocketnas
+    from pocketnas.evaluation.run import verification_report, write_json
+    from pocketnas.models.embedders import TorchEmbedder, load_embedder
+
+    torch.set_num_threads(2)
+    out = os.path.join(args.out, name)
+    student = TorchEmbedder(pocketnas.load(os.path.join(out, "model.pt")), name=name)
+    teacher = load_embedder(args.teacher, input_norm=args.teacher_input_norm, threads=2)
+    report = verification_report(student, args.bin, teacher=teacher, progress=False)
+    state = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=True)
+    log = open(os.path.join(out, "log.txt"), encoding="utf-8").read().splitlines()
+    minutes = [float(line.split("(")[-1].split(" min")[0]) for line in log if " min so far)" in line]
+    result = {**info, "epochs": int(state["epoch"]), "steps": int(state["step"]),
+              "train_minutes": minutes[-1] if minutes else None, "lfw": report}
+    write_json(os.path.join(out, "eval.json"), result)
+    return result
+
+
+def table(results: list) -> str:
+    lines = ["| row | what | epochs | train min | LFW % (no flip) | LFW % (flip) | AUC | EER % | cos to SFace |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lf = r["lfw"]
+        nf, fl = lf["no_flip"], lf["flip"]
+        cos = lf.get("teacher_cosine_mean")
+        lines.append(f"| {r['row']} | {r['what']} | {r['epochs']} | {r['train_minutes']:.0f} | "
+                     f"{100 * nf['accuracy_mean']:.2f} +- {100 * nf['accuracy_std']:.2f} | "
+                     f"{100 * fl['accuracy_mean']:.2f} | {nf['auc']:.4f} | {100 * nf['eer']:.2f} | "
+                     f"{'-' if cos is None else f'{cos:.3f}'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--bin", required=True, help="the test set (LFW .bin)")
+    p.add_argument("--teacher", required=True, help="the fixed teacher (e.g. sface_fp32.onnx)")
+    p.add_argument("--teacher-input-norm", default="raw255")
+    p.add_argument("--torch-teacher", default="", help="a pocketnas teacher run trained with --save-every-epoch")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rows", default="none,kd100,fm1000,fm1000_nolabel")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for name in args.rows.split(","):
+        if name not in ROWS:
+            raise SystemExit(f"unknown row {name!r} (rows: {', '.join(ROWS)})")
+        done = os.path.join(args.out, name, "eval.json")
+        if not os.path.isfile(done):
+            info = run_row(name, args)
+            evaluate_row(name, args, info)
+        results = []
+        for row in ROWS:
+            path = os.path.join(args.out, row, "eval.json")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    results.append(json.load(f))
+        with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
+            f.write(table(results) + "\n")
+        print(table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
