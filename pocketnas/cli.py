@@ -114,7 +114,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from .nas.search import search, search_config
 
-    extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops}
+    extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops,
+             "skip_bad": True if args.skip_bad else None}
     cfg = search_config(args.space, args.config, args.set or [], extra)
     history = search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if history.get("interrupted"):
@@ -138,12 +139,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
              "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm}
     if args.save_every_epoch:
         extra["save_every_epoch"] = True
+    if args.skip_bad:
+        extra["skip_bad"] = True
     defaults = None
     state_path = os.path.join(args.out, "checkpoint.pt")
     if args.resume and not args.config and os.path.isfile(state_path):
-        import torch
+        from .models.checkpoint import read_state
 
-        defaults = torch.load(state_path, map_location="cpu", weights_only=True)["config"]  # the run's own config
+        defaults = read_state(state_path, "pocketnas.train_state", "pocketnas training checkpoint")["config"]
     cfg = load_config(TrainConfig, args.config, args.set or [], extra, defaults)
     history = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if "stopped_at_step" not in history:
@@ -370,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-flops", help="... or towards this many FLOPs, e.g. 600M")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
+                   "of refusing the data")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.set_defaults(func=_cmd_search)
 
@@ -386,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-every-epoch", action="store_true", help="keep epochs/epoch_NNN.pt (multi-step teachers)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
+    s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
+                   "of refusing the data")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.set_defaults(func=_cmd_train)
 

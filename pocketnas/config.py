@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from typing import Any, Dict, Iterable, Optional, Type, TypeVar
 
@@ -16,6 +17,8 @@ import yaml
 from .errors import PocketnasError
 
 C = TypeVar("C")
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 class ConfigError(PocketnasError, ValueError):
@@ -45,8 +48,12 @@ def _check(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:  # 1e3
+            return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-3 (no dot) as a string
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -125,6 +132,26 @@ def load_config(cls: Type[C], path: Optional[str] = None, overrides: Iterable[st
     if parsed:
         source = f"{source} (with --set {', '.join(parsed)})"
     return config_from_dict(cls, data, source)
+
+
+def check_device(device: str, source: str) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, available on this machine."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{source}: device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{source}: device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{source}: device {device!r}, but this machine has no CUDA device (use auto or cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{source}: device {device!r}, but there are {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{source}: device 'mps' is not available on this machine")
 
 
 def config_to_yaml(obj: Any) -> str:

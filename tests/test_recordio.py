@@ -214,17 +214,23 @@ def test_undecodable_image_and_skipping(orl_copy):
     data = bytearray(rec.read_bytes())
     start = _offset(orl_copy, 7)
     n = struct.unpack_from("<I", data, start + 4)[0]
-    data[start + 8 + 24:start + 8 + n] = b"\x00" * (n - 24)  # the JPEG bytes of record 7 destroyed
+    # the JPEG bytes of record 7 destroyed, its start and end markers kept: only decoding finds it
+    data[start + 8 + 24 + 20:start + 8 + n - 2] = b"\x00" * (n - 46)  # header 24 bytes, JPEG's first 20 kept
     bad_magic = _offset(orl_copy, 20)
     data[bad_magic:bad_magic + 4] = b"\xff\xff\xff\xff"
+    truncated = _offset(orl_copy, 30)  # a JPEG without its end marker: found up front, without decoding
+    m = struct.unpack_from("<I", data, truncated + 4)[0]
+    data[truncated + 8 + m - 2:truncated + 8 + m] = b"\x00\x00"
     rec.write_bytes(bytes(data))
     ds = RecordDataset(str(orl_copy))
     with pytest.raises(DataFormatError, match=r"train.rec: record 7: cannot decode image"):
         ds[6]
+    with pytest.raises(DataFormatError, match=r"train.rec: record 20 at byte .*--skip-bad"):
+        ds.check_records()  # what training does before it starts
     skipping = RecordDataset(str(orl_copy), skip_bad=True)
-    assert len(skipping) == 399 and skipping.bad_records == [20]  # framing checked up front, no decoding
+    assert len(skipping) == 398 and skipping.bad_records == [20, 30]  # checked up front, no decoding
     x, y = skipping[6]  # record 7 fails to decode: the next good image stands in, and it is counted
-    assert y == 0 and skipping.bad_records == [20, 7]
+    assert y == 0 and skipping.bad_records == [20, 30, 7]
 
 
 def test_label_out_of_range_is_never_silent(tmp_path, shared):

@@ -155,3 +155,315 @@ def test_case03_changed_norm_recomputes_instead_of_hitting(tmp_path, shared, cap
     assert "the teacher cache was written for another teacher_input_norm" in caplog.text
     resumed = open(os.path.join(run, "log.txt")).read().split("resumed at epoch")[1]
     assert "teacher cache: 0 hits, 16 computed so far" in resumed
+
+
+# ----------------------------------------------------------------------------- 4. non-finite embeddings
+def _nan_checkpoint(tmp_path):
+    import pocketnas
+
+    model = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=16)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    path = str(tmp_path / "nan.pt")
+    pocketnas.save(model, path)
+    return path
+
+
+def test_case04_nan_embeddings_are_refused_not_scored(tmp_path, shared, capsys):
+    from pocketnas import evaluate_pairs
+
+    emb = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    emb[3, 1] = np.nan
+    emb[7, 0] = np.inf
+    with pytest.raises(ValueError, match="2 of 20 embeddings are NaN or infinite"):
+        evaluate_pairs(emb, [True, False] * 5)
+    path = _nan_checkpoint(tmp_path)
+    rc = main(["eval", "verify", "--model", path, "--bin", f"{shared}/data/orl/orl.bin", "--no-cost", "--no-flip"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model nan.pt: 1200 of 1200 embeddings are NaN or infinite" in err
+
+
+# ----------------------------------------------------------------------------- 5. 16-bit images
+def test_case05_16_bit_png_is_scaled_not_white(tmp_path):
+    from PIL import Image
+
+    from pocketnas.data.decode import decode_image
+    from pocketnas.data.folder import load_image
+
+    src = os.path.join(orl_root(), "s1", sorted(os.listdir(os.path.join(orl_root(), "s1")))[0])
+    grey8 = np.asarray(Image.open(src).convert("L"), dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(grey8 * 257).save(path)  # a 16-bit grey PNG (opens as I;16)
+    assert Image.open(path).mode in ("I;16", "I")
+    loaded = load_image(str(path))
+    assert loaded.std() > 10 and np.abs(loaded[0].astype(int) - grey8).max() <= 1
+    decoded = decode_image(path.read_bytes(), str(path))
+    assert np.array_equal(decoded, loaded)
+    # and through packing
+    from pocketnas.data.pack import pack_folder
+    from pocketnas.data import RecordDataset
+
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    (tmp_path / "f" / "b").mkdir()
+    shutil.copy(path, tmp_path / "f" / "a" / "x.png")
+    shutil.copy(src, tmp_path / "f" / "b" / "y.png")
+    pack_folder(str(tmp_path / "f"), str(tmp_path / "pack"), workers=1)
+    image, _ = RecordDataset(str(tmp_path / "pack"), train=False).read_uint8(0)
+    assert image.std() > 10 and np.abs(image[0].astype(int) - grey8).mean() < 3
+
+
+# ----------------------------------------------------------------------------- 6. index files
+def _orl_rec(tmp_path, shared):
+    for f in ("train.rec", "train.idx", "property"):
+        shutil.copy(f"{shared}/data/orl/rec/{f}", tmp_path / f)
+    return tmp_path
+
+
+def test_case06_duplicate_index_key_is_named(tmp_path, shared):
+    from pocketnas.data import DataFormatError, RecordDataset
+
+    pack = _orl_rec(tmp_path, shared)
+    lines = (pack / "train.idx").read_text().splitlines()
+    key, offset = lines[5].split("\t")
+    lines[9] = f"{key}\t{lines[9].split(chr(9))[1]}"  # record 9's offset filed under key 5 as well
+    (pack / "train.idx").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=rf"train.idx: key {key} appears 2 times \(lines 6, 10\)"):
+        RecordDataset(str(pack))
+
+
+def test_case06_empty_index_is_rebuilt(tmp_path, shared, caplog):
+    from pocketnas.data import RecordDataset
+
+    pack = _orl_rec(tmp_path, shared)
+    (pack / "train.idx").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="pocketnas"):
+        ds = RecordDataset(str(pack), train=False)
+    assert len(ds) == 400 and ds.num_classes == 40
+    assert "is empty (0 bytes)" in caplog.text and "rebuilding the index" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 7. one identity
+def test_case07_a_margin_loss_needs_two_identities(tmp_path):
+    from pocketnas.config import ConfigError
+    from pocketnas.nas.search import search
+    from test_search import tiny as tiny_search
+
+    one = tmp_path / "one"
+    shutil.copytree(os.path.join(orl_root(), "s1"), one / "s1")
+    with pytest.raises(ConfigError, match="1 identity: a margin loss needs at least two"):
+        train(tiny(data=str(one), batch_size=4, lr_reference_batch=4), str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    cfg = tiny_search("epochs=1")
+    cfg.data = str(one)
+    with pytest.raises(ConfigError, match="needs at least two"):
+        search(cfg, str(tmp_path / "s"))
+
+
+# ----------------------------------------------------------------------------- 8. damaged data found up front
+def _damaged_pack(tmp_path, shared, record=7):
+    import struct
+
+    pack = _orl_rec(tmp_path, shared)
+    keys = dict(line.split("\t") for line in (pack / "train.idx").read_text().splitlines())
+    data = bytearray((pack / "train.rec").read_bytes())
+    start = int(keys[str(record)])
+    n = struct.unpack_from("<I", data, start + 4)[0]
+    data[start + 8 + n - 2:start + 8 + n] = b"\x00\x00"  # a JPEG cut short: no end marker
+    (pack / "train.rec").write_bytes(bytes(data))
+    return pack
+
+
+def test_case08_damaged_record_refused_before_training_and_logged(tmp_path, shared):
+    from pocketnas.data import DataFormatError
+
+    (tmp_path / "p").mkdir()
+    pack = _damaged_pack(tmp_path / "p", shared)
+    run = tmp_path / "run"
+    with pytest.raises(DataFormatError, match=r"train.rec: record 7: not a JPEG.*--skip-bad"):
+        train(tiny(data=str(pack)), str(run))
+    log = (run / "log.txt").read_text()
+    assert "run failed:" in log and "record 7" in log and "epoch 1/" not in log
+    history = train(tiny(data=str(pack), skip_bad=True, epochs=1), str(tmp_path / "run2"))
+    assert history["epochs"] and "1 damaged records left out of 400" in (tmp_path / "run2" / "log.txt").read_text()
+
+
+def test_case08_empty_png_and_missing_val_bin_found_up_front(tmp_path):
+    from pocketnas.errors import InputError
+
+    data = tmp_path / "faces"
+    for p in ("s1", "s2"):
+        shutil.copytree(os.path.join(orl_root(), p), data / p)
+    (data / "s2" / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"s2/empty.png: empty file \(0 bytes\)"):
+        train(tiny(data=str(data)), str(tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="val_bins: .*nope.bin: no such .bin file"):
+        train(tiny(val_bins=[str(tmp_path / "nope.bin")]), str(tmp_path / "b"))
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "c"), "--skip-bad", "--set", "epochs=1",
+                 "--set", "batch_size=8", "--set", "max_batches_per_epoch=1", "--set", "arch=pocketnet",
+                 "--set", "model_kwargs={channels: 4, layers: 3, embedding_size: 16}", "--set", "workers=0"]) == 0
+
+
+def test_case08_worker_errors_keep_their_message(tmp_path, shared):
+    """A record that only decoding finds damaged fails inside a DataLoader worker: the error that reaches the
+    user is pocketnas's message, not 'Caught DataFormatError in DataLoader worker process 0 ...'."""
+    import struct
+
+    from pocketnas.data import DataFormatError
+
+    pack = _orl_rec(tmp_path, shared)
+    keys = dict(line.split("\t") for line in (pack / "train.idx").read_text().splitlines())
+    data = bytearray((pack / "train.rec").read_bytes())
+    start = int(keys["3"])
+    n = struct.unpack_from("<I", data, start + 4)[0]
+    data[start + 8 + 24 + 20:start + 8 + n - 2] = b"\x00" * (n - 46)
+    (pack / "train.rec").write_bytes(bytes(data))
+    with pytest.raises(DataFormatError) as e:
+        train(tiny(data=str(pack), workers=2, batch_size=50, lr_reference_batch=50, max_batches_per_epoch=8),
+              str(tmp_path / "run"))
+    assert str(e.value).startswith(f"{pack}/train.rec: record 3: cannot decode image")
+    assert "DataLoader worker" in e.value.worker_traceback
+
+
+# ----------------------------------------------------------------------------- 9. teacher and student sizes
+def test_case09_student_at_56_with_sface(tmp_path, shared):
+    history = train(tiny(kd="embedding", teacher=f"{shared}/weights/sface_fp32.onnx", teacher_input_norm="raw255",
+                         epochs=1, max_batches_per_epoch=1, batch_size=8, lr_reference_batch=8,
+                         model_kwargs={"channels": 4, "layers": 3, "embedding_size": 32, "input_size": 56}),
+                    str(tmp_path))
+    assert np.isfinite(history["epochs"][0]["kd"])
+    assert "the student sees the views resized to 56 px" in (tmp_path / "log.txt").read_text()
+
+
+# ----------------------------------------------------------------------------- 10. damaged checkpoints
+@pytest.mark.parametrize("content,message", [(b"", "empty file"), (b"PK\x03\x04garbage", "truncated, or another"),
+                                             (None, "its format is 'pocketnas.model'")])
+def test_case10_damaged_or_foreign_checkpoints(tmp_path, capsys, content, message):
+    import pocketnas
+
+    run = tmp_path / "run"
+    train(tiny(epochs=1, stop_after_steps=1), str(run))
+    if content is None:  # a model checkpoint where the training state should be
+        pocketnas.save(pocketnas.create_model("pocketnet", channels=4, layers=3), str(run / "checkpoint.pt"))
+    else:
+        (run / "checkpoint.pt").write_bytes(content)
+    from pocketnas.models.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=message):
+        train(tiny(epochs=1), str(run), resume=True)
+    assert main(["train", "--data", orl_root(), "--out", str(run), "--resume"]) == 2
+    assert message.split("'")[0] in capsys.readouterr().err
+    if content is not None:
+        for argv in (["info", str(run / "checkpoint.pt")], ["eval", "verify", "--model", str(run / "checkpoint.pt"),
+                                                            "--bin", "x.bin"]):
+            assert main(argv) == 2
+            assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 11. values checked once, up front
+@pytest.mark.parametrize("setting,message", [
+    ("model_kwargs={bogus: 1}", "cannot be built with .*bogus"),
+    ("model_kwargs={channels: abc}", "cannot be built with"),
+    ("model_kwargs={input_size: 0}", "cannot be built with"),
+    ("threads=-3", "threads must not be negative"),
+    ("device=tpu", "device must be auto, cpu"),
+    ("gamma=-1", "gamma must be positive"),
+    ("warmup_epochs=-1", "warmup_epochs must not be negative"),
+    ("save_every_steps=-1", "save_every_steps must not be negative"),
+    ("embedding_size=0", "embedding_size must be >= 1"),
+])
+def test_case11_bad_values_refused_before_the_run_folder_exists(tmp_path, capsys, setting, message):
+    import re
+
+    out = tmp_path / "run"
+    rc = main(["train", "--data", orl_root(), "--out", str(out), "--set", "arch=pocketnet", "--set", setting])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(message, err), err
+    assert not out.exists()
+
+
+def test_case11_numbers_as_people_write_them():
+    from pocketnas.config import ConfigError
+    from pocketnas.nas.search import search_config
+
+    assert tiny(lr=1e-3).lr == 0.001
+    from pocketnas.config import load_config
+    from pocketnas.engine.train_config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["lr=1e-3", "weight_decay=5E-4", "epochs=1.0e+1"], {"data": "x"})
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs) == (0.001, 0.0005, 10)
+    with pytest.raises(ConfigError, match="lr must be float, got 'fast'"):
+        load_config(TrainConfig, None, ["lr=fast"])
+    with pytest.raises(ConfigError, match="w_lr must be positive"):
+        search_config("pocketnet", None, ["w_lr=-0.1"])
+
+
+# ----------------------------------------------------------------------------- 12. unbounded .bin
+def test_case12_bin_repeating_one_image_is_refused_before_allocation(tmp_path):
+    import pickle
+
+    from pocketnas.data import DataFormatError, read_bin
+
+    one = open(os.path.join(orl_root(), "s1", sorted(os.listdir(os.path.join(orl_root(), "s1")))[0]), "rb").read()
+    pairs = 2_000_000
+    path = tmp_path / "bomb.bin"
+    with open(path, "wb") as f:
+        pickle.dump(([one] * (2 * pairs), [True] * pairs), f, protocol=4)
+    assert path.stat().st_size < 20 * 2 ** 20  # a small file ...
+    with pytest.raises(DataFormatError, match=r"4,000,000 image entries \(1 distinct stored images\) would take "
+                                              r"140.2 GiB"):
+        read_bin(str(path))  # ... refused before 140 GiB are allocated
+
+
+# ----------------------------------------------------------------------------- 13. interrupted writes
+def test_case13_stale_temporaries_are_cleaned_at_start(tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny(epochs=2, stop_after_steps=2), str(run))
+    (run / ".tmp-abc123.pt").write_bytes(b"half a checkpoint")
+    (run / "epochs").mkdir(exist_ok=True)
+    (run / "epochs" / ".tmp-zz.pt").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="pocketnas"):
+        train(tiny(epochs=2), str(run), resume=True)
+    assert not (run / ".tmp-abc123.pt").exists() and not (run / "epochs" / ".tmp-zz.pt").exists()
+    assert "removed 2 temporary file(s) of an interrupted write" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 14. python -m pocketnas
+def test_case14_python_dash_m():
+    out = subprocess.run([sys.executable, "-m", "pocketnas", "models", "pocketnet_s*"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    assert out.returncode == 0 and "pocketnet_s_128" in out.stdout
+
+
+# ----------------------------------------------------------------------------- 15. messages
+def test_case15_cli_shows_bugs_and_hides_only_its_own_errors(tmp_path, capsys, monkeypatch):
+    import pocketnas.cli as cli
+
+    def bug(args):
+        raise KeyError("a bug")
+
+    parser = cli.build_parser
+
+    def patched():
+        p = parser()
+        for action in p._subparsers._group_actions[0].choices.values():
+            action.set_defaults(func=bug) if action.prog.endswith("models") else None
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", patched)
+    with pytest.raises(KeyError, match="a bug"):  # a real bug keeps its traceback
+        cli.main(["models"])
+    monkeypatch.undo()
+    assert cli.main(["info", str(tmp_path / "none.pt")]) == 2  # pocketnas's own error: a message
+    with pytest.raises(FileNotFoundError):  # ... and with --log-level DEBUG its traceback
+        cli.main(["--log-level", "DEBUG", "info", str(tmp_path / "none.pt")])
+
+
+def test_case15_bare_state_dict_suggests_arch(tmp_path, capsys):
+    import pocketnas
+
+    model = pocketnas.create_model("pocketnet_s_128")
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    assert main(["info", str(tmp_path / "backbone.pth"), "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert "bare state dict" in err and "pocketnet_s_128" in err and "add --arch NAME" in err

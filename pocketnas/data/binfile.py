@@ -72,6 +72,26 @@ def read_bin_raw(path: str) -> Tuple[List[bytes], List[bool]]:
     return list(bins), [bool(s) for s in issame]
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 40
+
+
+def check_decoded_size(path: str, bins: List[bytes], size: int) -> None:
+    """Refuse a ``.bin`` whose decoded images would not fit in this machine's memory, before allocating them: a
+    pickle can list one stored image any number of times at a few bytes each, so a small file can demand
+    unbounded memory."""
+    need = len(bins) * 3 * size * size
+    have = _physical_memory()
+    if need > have // 2:
+        distinct = len({id(b) for b in bins})
+        raise DataFormatError(f"{path}: {len(bins):,} image entries ({distinct:,} distinct stored images) would "
+                              f"take {need / 2 ** 30:.1f} GiB decoded at {size}x{size}, more than half of this "
+                              f"machine's {have / 2 ** 30:.1f} GiB; refused before decoding")
+
+
 def read_bin(path: str, size: int = 112, workers: int = 2, progress: bool = True) -> Tuple[np.ndarray, List[bool]]:
     """(images N x 3 x size x size uint8 RGB in file order, issame list) from an insightface ``.bin``.
 
@@ -81,6 +101,7 @@ def read_bin(path: str, size: int = 112, workers: int = 2, progress: bool = True
 
     path = os.fspath(path)
     bins, issame = read_bin_raw(path)
+    check_decoded_size(path, bins, size)
     images = np.empty((len(bins), 3, size, size), dtype=np.uint8)
     resized = []
 

@@ -10,6 +10,21 @@ from .errors import DataFormatError
 from .transforms import pil_to_chw_uint8
 
 
+# magic numbers of the image formats Pillow reads that face data comes in
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"GIF8", b"P5", b"P6",
+          b"P2", b"P3")
+
+
+def looks_like_image(data: bytes) -> bool:
+    """A cheap test (no decoding) that ``data`` starts like an image file; a JPEG must also end like one (a
+    truncated JPEG lacks its end marker)."""
+    if not data or not data.startswith(_MAGIC):
+        return False
+    if data.startswith(b"\xff\xd8\xff"):
+        return b"\xff\xd9" in data[-64:]
+    return True
+
+
 def decode_image(data: bytes, where: str, size: Optional[int] = None) -> np.ndarray:
     """JPEG/PNG bytes -> 3 x H x W uint8 RGB; resized (bilinear) to ``size`` x ``size`` when given and different."""
     from PIL import Image

@@ -66,7 +66,7 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, root: str, train: bool = True, size: Optional[int] = 112, norm: str = "arcface",
-                 labelled: bool = True):
+                 labelled: bool = True, skip_bad: bool = False):
         self.root = root
         self.train = train
         self.size = size
@@ -75,6 +75,41 @@ class FolderDataset(Dataset):
             self.identities, self.samples = scan_folder(root)
         else:
             self.identities, self.samples = [], scan_images(root)
+        self.skip_bad = skip_bad
+        self.bad_files: List[str] = []
+        if skip_bad:
+            bad = [p for p, _ in self.samples if self._damage(p)]
+            for p in bad:
+                logger.warning("skipping %s: %s", p, self._damage(p))
+            if bad:
+                logger.warning("%s: %d damaged images left out of %d", root, len(bad), len(self.samples))
+                dropped = set(bad)
+                self.samples = [(p, y) for p, y in self.samples if p not in dropped]
+                self.bad_files = bad
+
+    @staticmethod
+    def _damage(path: str) -> Optional[str]:
+        from .decode import looks_like_image
+
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+                size = os.fstat(f.fileno()).st_size
+                if head.startswith(b"\xff\xd8\xff"):
+                    f.seek(max(0, size - 64))
+                    head = head + f.read()
+        except OSError as e:
+            return f"cannot read ({e.strerror})"
+        if size == 0:
+            return "empty file (0 bytes)"
+        return None if looks_like_image(head) else "not a JPEG/PNG/BMP image (or a truncated JPEG)"
+
+    def check_records(self) -> None:
+        """Check every image up front without decoding (size, format signature, a JPEG's end marker)."""
+        for path, _ in self.samples:
+            problem = self._damage(path)
+            if problem:
+                raise InputError(f"{path}: {problem}; pass --skip-bad (skip_bad=true) to leave damaged images out")
 
     @property
     def num_classes(self) -> int:
@@ -102,7 +137,17 @@ class FolderDataset(Dataset):
         return load_image(self.samples[index][0], self.size)
 
     def sample_uint8(self, index: int) -> Tuple[np.ndarray, int]:
-        return self.read_uint8(index), self.samples[index][1]
+        """(3 x S x S uint8 RGB, label) of image ``index``; with ``skip_bad`` an image that fails to decode is
+        replaced by the next one that decodes (and logged)."""
+        for attempt in range(len(self.samples) if self.skip_bad else 1):
+            i = (index + attempt) % len(self.samples)
+            try:
+                return self.read_uint8(i), self.samples[i][1]
+            except InputError as e:
+                if not self.skip_bad:
+                    raise
+                logger.warning("skipping %s", e)
+        raise InputError(f"{self.root}: no readable image left")  # pragma: no cover
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         image = torch.from_numpy(self.read_uint8(index))

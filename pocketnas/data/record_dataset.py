@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .decode import decode_image
+from .decode import decode_image, looks_like_image
 from .errors import DataFormatError
 from .recordio import RecordIOReader, read_property, unpack_payload
 from .transforms import check_norm, normalize
@@ -101,11 +101,29 @@ class RecordDataset(Dataset):
                                   f"identity records")
         return n
 
+    def _check_record(self, key: int) -> None:
+        """What can be checked without decoding: framing, label, and that the payload looks like an image."""
+        _, label, data = unpack_payload(self.reader.read(key), self._where(key))
+        self._label_of(key, label)
+        if not looks_like_image(data):
+            raise DataFormatError(f"{self._where(key)}: {'empty image' if not data else 'not a JPEG/PNG/BMP image'} "
+                                  f"({len(data)} bytes, starting {data[:8]!r})")
+
+    def check_records(self) -> None:
+        """Check every image record up front (no decoding, about a second for 36 k records): the first damaged
+        one is an error naming the file and the record, before any work starts."""
+        for k in self.keys.tolist():
+            try:
+                self._check_record(k)
+            except DataFormatError as e:
+                raise DataFormatError(f"{e}; pass --skip-bad (skip_bad=true) to leave damaged records out") from None
+        self.reader.close()
+
     def _drop_bad_records(self) -> None:
         good = []
         for k in self.keys.tolist():
             try:
-                self._label_of(k, unpack_payload(self.reader.read(k), self._where(k))[1])
+                self._check_record(k)
                 good.append(k)
             except DataFormatError as e:
                 self.bad_records.append(k)

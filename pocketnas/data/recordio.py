@@ -82,7 +82,15 @@ def read_index(path: str) -> Tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if table.ndim != 2 or table.shape[1] != 2:
         raise DataFormatError(f"{path}: expected two columns 'key<TAB>offset' on every line")
-    return table[:, 0].copy(), table[:, 1].copy()
+    keys = table[:, 0].copy()
+    uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        k = int(uniq[counts > 1][0])
+        lines_of = (np.flatnonzero(keys == k) + 1).tolist()
+        raise DataFormatError(f"{path}: key {k} appears {len(lines_of)} times (lines {', '.join(map(str, lines_of[:5]))}"
+                              f"); one record would silently replace another: rebuild the index (delete it and "
+                              f"pocketnas rebuilds it by scanning the .rec)")
+    return keys, table[:, 1].copy()
 
 
 def write_index(path: str, keys: Sequence[int], offsets: Sequence[int]) -> None:
@@ -104,7 +112,11 @@ class RecordIOReader:
             raise FileNotFoundError(f"{self.rec_path}: no such RecordIO file")
         self.size = os.path.getsize(self.rec_path)
         idx_path = idx_path or os.path.splitext(self.rec_path)[0] + ".idx"
-        if os.path.isfile(idx_path):
+        if os.path.isfile(idx_path) and os.path.getsize(idx_path) == 0 and self.size > 0:
+            logger.warning("%s: the index %s is empty (0 bytes) but the pack holds %d bytes; rebuilding the index "
+                           "by a sequential scan (it is not rewritten)", self.rec_path, idx_path, self.size)
+            idx_path = ""
+        if idx_path and os.path.isfile(idx_path):
             self.idx_path: Optional[str] = idx_path
             keys, offsets = read_index(idx_path)
             bad = np.flatnonzero((offsets < 0) | (offsets + 8 > self.size))

@@ -28,7 +28,17 @@ def normalize(images: torch.Tensor, norm: str = "arcface") -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 def pil_to_chw_uint8(image) -> np.ndarray:
-    """A Pillow image -> 3 x H x W uint8 RGB array (grey and RGBA images are converted)."""
+    """A Pillow image -> 3 x H x W uint8 RGB array (grey and RGBA images are converted; 16-bit grey, as 16-bit
+    PNGs open, is scaled to 8 bits: Pillow's own conversion would clip it to white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise InputError(f"{image.mode} image with values {values.min():.0f}..{values.max():.0f}: not a 16-bit "
+                             f"photograph; convert it to 8-bit RGB first")
+        grey = np.rint(values * (255.0 / 65535.0)).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[None], 3, axis=0))
+    if image.mode == "F":
+        raise InputError("floating-point ('F' mode) image: convert it to 8-bit RGB first")
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))

@@ -26,6 +26,7 @@ class TrainConfig:
     workers: int = 2
     flip: bool = True
     max_batches_per_epoch: int = 0          # 0: the whole epoch (small runs and tests cap it)
+    skip_bad: bool = False                  # leave damaged records out (counted) instead of refusing the data
     val_bins: List[str] = field(default_factory=list)
     val_every_epochs: int = 1
     val_flip: bool = True
@@ -106,18 +107,47 @@ class TrainConfig:
             raise ConfigError(f"{source}: view_bank must be >= 0 and needs augment=true")
         if self.view_size < 0 or self.teacher_threads < 1:
             raise ConfigError(f"{source}: view_size must be >= 0 and teacher_threads >= 1")
-        for key in ("batch_size", "epochs", "log_every", "lr_reference_batch"):
+        for key in ("batch_size", "epochs", "log_every", "lr_reference_batch", "val_every_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "margin_s"):
+        for key in ("lr", "margin_s", "gamma"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive, got {getattr(self, key)}")
-        if self.workers < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(f"{source}: workers, weight_decay and grad_clip must not be negative")
+        for key in ("workers", "weight_decay", "grad_clip", "warmup_epochs", "save_every_steps", "stop_after_steps",
+                    "threads", "max_batches_per_epoch", "momentum", "kd_weight", "rkd_weight", "sp_weight",
+                    "hint_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{source}: {key} must not be negative, got {getattr(self, key)}")
+        if self.embedding_size is not None and self.embedding_size < 1:
+            raise ConfigError(f"{source}: embedding_size must be >= 1 (or unset: the architecture's own), got "
+                              f"{self.embedding_size}")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"{source}: warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        from ..config import check_device
+
+        check_device(self.device, source)
         if str(self.compile).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
         if sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"{source}: milestones must be increasing, got {self.milestones}")
+        self._check_model(source)
+
+    def _check_model(self, source: str) -> None:
+        """Build the network on the meta device (no memory, no time): a bad model_kwargs, genotype or size is an
+        error now, before a run folder is touched."""
+        import torch
+
+        from ..registry import create_model
+
+        try:
+            with torch.device("meta"):
+                create_model(self.arch, **self.model_overrides())
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, KeyError) as e:
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            raise ConfigError(f"{source}: {self.arch} cannot be built with "
+                              f"{self.model_overrides() or 'its defaults'}: {msg}") from None
 
     def kd_plan(self, source: str = "config") -> Tuple[List[str], bool]:
         """(distillation loss names, whether the teacher is multi-step) from ``kd``."""

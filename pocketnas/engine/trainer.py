@@ -26,7 +26,7 @@ from ..data.transforms import fit_size, normalize
 from ..losses.distill import DISTILL_LOSSES
 from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
-from ..models.checkpoint import atomic_torch_save, save
+from ..models.checkpoint import atomic_torch_save, read_state, save
 from ..models.embedders import TorchEmbedder
 from ..models.features import FeatureTap, feature_channels
 from ..registry import create_model
@@ -148,7 +148,7 @@ class Trainer:
         if resume:
             if not os.path.isfile(ckpt_path):
                 raise FileNotFoundError(f"--resume: {ckpt_path} does not exist")
-            self.resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            self.resume_state = read_state(ckpt_path, "pocketnas.train_state", "pocketnas training checkpoint")
             saved = config_from_dict(TrainConfig, self.resume_state["config"], f"{ckpt_path} config")
             changed = {f.name for f in dataclasses.fields(TrainConfig)
                        if getattr(saved, f.name) != getattr(cfg, f.name)}
@@ -181,6 +181,7 @@ class Trainer:
         self.input_size = int(getattr(self.backbone, "input_size", 112))
         self.student_norm = self.backbone.pocketnas_cfg.input_norm
         self.kd_losses, multistep = cfg.kd_plan()
+        self._check_val_bins()
         teacher_size = self._open_teacher(multistep)
         self.view_size = cfg.view_size or max(self.input_size, teacher_size)
         self._build_data()
@@ -191,6 +192,16 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         if self.resume_state is not None:
             self._restore(self.resume_state)
+
+    def _check_val_bins(self) -> None:
+        """Every verification set is read (not decoded) before training: a missing or damaged one is an error now,
+        not after the first epoch."""
+        from ..data.binfile import read_bin_raw
+
+        for path in self.cfg.val_bins:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"val_bins: {path}: no such .bin file")
+            read_bin_raw(path)
 
     def _open_teacher(self, multistep: bool) -> int:
         """Open the teacher (if any); returns its input size (0 without one)."""
@@ -214,7 +225,7 @@ class Trainer:
 
         cfg, env = self.cfg, self.env
         self.labelled = cfg.margin_weight > 0
-        self.faces = open_face_dataset(cfg.data, self.view_size, labelled=self.labelled)
+        self.faces = open_face_dataset(cfg.data, self.view_size, labelled=self.labelled, skip_bad=cfg.skip_bad)
         if self.labelled and self.faces.num_classes < 2:
             raise ConfigError(f"{cfg.data}: {self.faces.num_classes} identit{'y' if self.faces.num_classes == 1 else 'ies'}"
                               f": a margin loss needs at least two (or train on the teacher alone: margin_weight=0)")

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..models.embedders import check_finite
 from .biometric import auc as roc_auc
 from .biometric import eer as roc_eer
 from .biometric import roc_curve
@@ -76,6 +77,7 @@ def threshold_at_far(far: np.ndarray, thresholds: np.ndarray, target: float) -> 
 
 
 def pair_distances(embeddings: np.ndarray) -> np.ndarray:
+    check_finite(embeddings)
     emb = l2_normalize(embeddings)
     if len(emb) % 2:
         raise ValueError(f"embeddings must come in pairs (rows 2i and 2i+1), got {len(emb)} rows")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -148,11 +149,38 @@ def save_release_state_dict(model: nn.Module, path: str) -> None:
 def _torch_load(path: str) -> Any:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes): an interrupted copy or download?")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses arbitrary objects; a truncated zip fails here too
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:300]})") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(f"{path}: holds Python objects besides tensors and plain values; pocketnas never "
+                                  f"unpickles those, since unpickling can run code. Where the file comes from a "
+                                  f"source you trust, save its state dict alone (torch.save(model.state_dict(), "
+                                  f"...)) and load that") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({_first_line(e)})") from None
+    except Exception as e:  # a truncated zip, a foreign file: torch raises several types
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file; truncated, or another format "
+                              f"({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def read_state(path: str, expected_format: str, what: str) -> Dict[str, Any]:
+    """A run's resumable state (``checkpoint.pt`` of train or search), refused with a message when it is empty,
+    truncated, of another kind or not pocketnas's."""
+    obj = _torch_load(path)
+    found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+    if found != expected_format:
+        raise CheckpointError(f"{path}: not a {what} (its format is {found!r}, expected {expected_format!r})")
+    for key in ("config", "epoch"):
+        if key not in obj:
+            raise CheckpointError(f"{path}: {what} lacks {key!r}; the file is damaged")
+    return obj
 
 
 def is_pocketnas_checkpoint(obj: Any) -> bool:
@@ -270,7 +298,8 @@ def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
         hint = (f"its keys and shapes fit: {', '.join(fits)}" if fits
                 else "its keys and shapes fit no registered model with default settings")
         raise CheckpointError(f"{path} is a bare state dict with no architecture recorded ({hint}); load it with "
-                              f"pocketnas.load(path, arch=NAME) or create_model(NAME, pretrained=path)")
+                              f"pocketnas.load(path, arch=NAME) or create_model(NAME, pretrained=path); on the "
+                              f"command line, add --arch NAME")
     return create_model(arch, pretrained=path, **overrides).eval()
 
 

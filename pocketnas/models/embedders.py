@@ -80,6 +80,15 @@ class OnnxEmbedder(Embedder):
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
 
 
+def check_finite(embeddings: np.ndarray, who: str = "the embeddings") -> None:
+    """Refuse NaN or infinite embeddings: scored, they give chance accuracy with a perfect-looking AUC and EER."""
+    bad = ~np.isfinite(np.asarray(embeddings)).all(axis=-1)
+    if bad.any():
+        raise InputError(f"{who}: {int(bad.sum())} of {len(bad)} embeddings are NaN or infinite (first: row "
+                         f"{int(np.flatnonzero(bad)[0])}); the model is broken (diverged training, uncalibrated "
+                         f"BatchNorm, wrong input normalisation?) and cannot be scored")
+
+
 def load_embedder(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None,
                   input_norm: Optional[str] = None, device: str = "cpu", threads: Optional[int] = None) -> Embedder:
     """A registry name (with ``pretrained``), a pocketnas checkpoint, a bare ``backbone.pth`` (with ``arch``), or an
@@ -110,4 +119,6 @@ def embed_images(embedder: Embedder, images: np.ndarray, batch_size: int = 64, f
             out.append(both[:n] + both[n:])
         else:
             out.append(embedder(batch))
-    return np.concatenate(out).astype(np.float32)
+    emb = np.concatenate(out).astype(np.float32)
+    check_finite(emb, f"model {embedder.name}")
+    return emb

@@ -47,6 +47,9 @@ class PocketNet(nn.Module):
             raise InputError(f"a PocketNet needs at least 3 cells (3 reductions), got layers={layers}")
         if channels < 1 or embedding_size < 1:
             raise InputError(f"channels and embedding_size must be positive, got {channels}, {embedding_size}")
+        if input_size < 16 or input_size % 8:
+            raise InputError(f"a PocketNet's input size must be a multiple of 8 from 16 on (e.g. 56, 112), got "
+                             f"{input_size}")
         self.embedding_size = embedding_size
         self.input_size = input_size
         self.se = se

@@ -34,7 +34,7 @@ from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from ..engine.trainer import rng_state, set_rng_state
 from ..losses.heads import MarginHead
 from ..losses.margins import MARGINS, build_margin
-from ..models.checkpoint import atomic_torch_save
+from ..models.checkpoint import atomic_torch_save, read_state
 from .architect import Architect, frozen
 from .budget import build_cost_model, parse_amount
 from .cell_diagram import draw_genotype
@@ -65,6 +65,7 @@ class SearchConfig:
     train_portion: float = 0.5
     flip: bool = True
     max_batches_per_epoch: int = 0
+    skip_bad: bool = False                  # leave damaged records out (counted) instead of refusing the data
     # schedule
     epochs: int = 50
     w_lr: float = 0.1
@@ -115,11 +116,27 @@ class SearchConfig:
                     parse_amount(getattr(self, key))
                 except ValueError as e:
                     raise ConfigError(f"{source}: {key}: {e}") from None
-        for key in ("layers", "channels", "batch_size", "epochs", "input_size"):
+        for key in ("layers", "channels", "batch_size", "epochs", "input_size", "stem_multiplier", "embedding_size",
+                    "log_every", "final_channels", "final_layers"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{source}: {key} must be >= 1")
-        if len(self.alpha_betas) != 2:
-            raise ConfigError(f"{source}: alpha_betas must be two numbers")
+                raise ConfigError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("w_lr", "w_lr_min", "alpha_lr", "margin_s", "budget_weight"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: {key} must be positive, got {getattr(self, key)}")
+        for key in ("workers", "threads", "w_momentum", "w_weight_decay", "w_grad_clip", "alpha_weight_decay",
+                    "max_batches_per_epoch", "stop_after_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{source}: {key} must not be negative, got {getattr(self, key)}")
+        if self.w_lr_min > self.w_lr:
+            raise ConfigError(f"{source}: w_lr_min ({self.w_lr_min}) exceeds w_lr ({self.w_lr})")
+        if len(self.alpha_betas) != 2 or not all(0 <= b < 1 for b in self.alpha_betas):
+            raise ConfigError(f"{source}: alpha_betas must be two numbers in [0, 1)")
+        if self.input_size % 8:
+            raise ConfigError(f"{source}: input_size must be a multiple of 8 (three reductions after the stem), got "
+                              f"{self.input_size}")
+        from ..config import check_device
+
+        check_device(self.device, source)
 
 
 def search_config(space: str, path: Optional[str] = None, overrides=(), extra=None) -> SearchConfig:
@@ -222,7 +239,7 @@ class Searcher:
             path = os.path.join(out_dir, "checkpoint.pt")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"--resume: {path} does not exist")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_state(path, "pocketnas.search_state", "pocketnas search checkpoint")
             saved = config_from_dict(SearchConfig, state["config"], f"{path} config")
             changed = [f.name for f in dataclasses.fields(SearchConfig) if getattr(saved, f.name) != getattr(cfg, f.name)
                        and f.name not in ("workers", "threads", "log_every", "stop_after_epochs", "epochs")]
@@ -249,7 +266,10 @@ class Searcher:
         cfg, env = self.cfg, self.env
         if not cfg.data:
             raise ConfigError("no search data: pass --data PATH (a RecordIO pack or an image folder)")
-        self.faces = open_face_dataset(cfg.data, cfg.input_size)
+        self.faces = open_face_dataset(cfg.data, cfg.input_size, skip_bad=cfg.skip_bad)
+        if self.faces.num_classes < 2:
+            raise ConfigError(f"{cfg.data}: {self.faces.num_classes} identity: a search classifies identities and "
+                              f"needs at least two")
         labels = labels_of(self.faces)
         self.train_idx, self.val_idx = stratified_split(labels, cfg.train_portion, cfg.seed)
         samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed)
