@@ -20,15 +20,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .evaluation.cost import count_parameters
     from .registry import create_model, list_models, model_cfg
 
-    rows = [("name", "family", "emb", "params", "description")]
+    rows = [("name", "family", "emb", "params", "pretrained", "description")]
     for name in list_models(args.pattern):
         cfg = model_cfg(name)
         with torch.device("meta"):
             params = count_parameters(create_model(name))
-        rows.append((name, cfg.family, str(cfg.embedding_size), f"{params:,}", cfg.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        pre = cfg.pretrained
+        weights = "-" if pre is None else (f"yes: LFW {100 * pre.lfw_accuracy:.2f} %" if pre.lfw_accuracy else "yes")
+        rows.append((name, cfg.family, str(cfg.embedding_size), f"{params:,}", weights, cfg.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+    if any(model_cfg(n).pretrained for n in list_models(args.pattern)):
+        print("pretrained: weights inside the package, create_model(name, pretrained=True); LFW: 10-fold, no flip, "
+              "trained on CelebA (research use only), not the paper's MS1MV2 figures")
     return 0
 
 

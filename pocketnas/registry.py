@@ -64,12 +64,30 @@ class Registry(Generic[T]):
 
 
 @dataclass(frozen=True)
-class ModelCfg:
-    """What a registered variant is: the facts a user (and a checkpoint) needs besides the weights.
+class PretrainedCfg:
+    """Weights that ship inside the package for a variant, in the manner of timm's ``pretrained_cfg``: the file
+    (under ``pocketnas/assets/weights/``, or the ``POCKETNAS_WEIGHTS`` folder), its sha256 (checked before every
+    load: a tampered file is refused), and what a user must know before trusting it: the data and teacher it was
+    trained with, the recipe, the input normalisation, its measured verification accuracy and the data's licence.
+    pocketnas never downloads anything."""
 
-    ``weights``/``sha256`` name a local file of pretrained weights when one is installed with the package or
-    pointed to by the ``POCKETNAS_WEIGHTS`` folder; pocketnas never downloads anything.
-    """
+    file: str
+    sha256: str
+    data: str
+    teacher: str
+    recipe: str
+    input_norm: str = "arcface"
+    lfw_accuracy: Optional[float] = None        # 10-fold, no flip, as ``pocketnas eval verify --no-flip``
+    lfw_accuracy_flip: Optional[float] = None
+    paper_lfw_accuracy: Optional[float] = None  # what the paper reports (other data, other budget)
+    licence: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """What a registered variant is: the facts a user (and a checkpoint) needs besides the weights, and its
+    shipped weights (``pretrained``) when it has some."""
 
     family: str
     embedding_size: int
@@ -79,8 +97,7 @@ class ModelCfg:
     description: str = ""
     reference_params: Optional[int] = None
     reference_mflops: Optional[float] = None
-    weights: Optional[str] = None
-    sha256: Optional[str] = None
+    pretrained: Optional[PretrainedCfg] = None
     tags: tuple = field(default_factory=tuple)
 
 
@@ -125,8 +142,8 @@ def create_model(name: str, pretrained: Any = None, **overrides: Any):
     """Build registered model ``name``; ``overrides`` change its constructor arguments.
 
     ``pretrained`` may be a path to a pocketnas checkpoint (its recorded constructor arguments are used unless
-    overridden here), a path to an original release ``backbone.pth`` state dict, or ``True`` for the variant's
-    registered local weights file. Loading never unpickles arbitrary objects (``weights_only=True``), and a
+    overridden here), a path to an original release ``backbone.pth`` state dict, or ``True`` for the weights that
+    ship with the package (``model_cfg(name).pretrained``; sha256-checked). Loading never unpickles arbitrary objects (``weights_only=True``), and a
     checkpoint of another architecture is refused with the missing/unexpected keys or the first shape mismatch.
     """
     from .models import checkpoint as ckpt

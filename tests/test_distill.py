@@ -200,3 +200,37 @@ def test_kd_names_are_checked():
         tiny(kd="embedding", teacher="x.pt", mixup_alpha=0.5)
     with pytest.raises(ConfigError, match="needs a distillation loss"):
         tiny(margin_weight=0.0)
+
+
+def test_pretrained_true_checks_the_sha256(tmp_path, monkeypatch):
+    """The mechanism behind create_model(name, pretrained=True): the shipped file is hash-checked before it is
+    read, and a tampered one is refused with a message."""
+    import dataclasses
+
+    import pocketnas
+    from pocketnas import registry
+    from pocketnas.models.checkpoint import CheckpointError, file_digest
+
+    model = pocketnas.create_model("pocketnet_s_128").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / "pocketnet_s_128_test.pt"
+    pocketnas.save(model, str(path))
+    pre = registry.PretrainedCfg(file=path.name, sha256=file_digest(str(path)), data="ORL (test)", teacher="none",
+                                 recipe="test", lfw_accuracy=0.5)
+    cfg = dataclasses.replace(registry.model_cfg("pocketnet_s_128"), pretrained=pre)
+    monkeypatch.setitem(registry._CFGS, "pocketnet_s_128", cfg)
+    monkeypatch.setenv("POCKETNAS_WEIGHTS", str(tmp_path))
+    loaded = pocketnas.create_model("pocketnet_s_128", pretrained=True).eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="differs from the one registered for pocketnet_s_128.*altered"):
+        pocketnas.create_model("pocketnet_s_128", pretrained=True)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="no pretrained weights ship for pocketnet_m_256"):
+        pocketnas.create_model("pocketnet_m_256", pretrained=True)

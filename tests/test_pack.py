@@ -65,3 +65,21 @@ def test_data_commands(tmp_path, shared, capsys):
         assert os.path.getsize(png) > 20_000 and json.loads(js.read_text())["contact_sheet"] == str(png)
     assert main(["data", "inspect", str(tmp_path / "missing.bin")]) == 2
     assert "no such .bin file" in capsys.readouterr().err
+
+
+def test_subset_pack_copies_identities(tmp_path, shared):
+    from pocketnas.data import RecordDataset
+    from pocketnas.data.pack import subset_pack
+
+    src = f"{shared}/data/orl/rec"
+    full = RecordDataset(src, train=False)
+    subset_pack(src, str(tmp_path / "first"), 3)
+    first = RecordDataset(str(tmp_path / "first"), train=False)
+    assert first.num_classes == 3 and len(first) == 30 and list(np.unique(first.labels())) == [0, 1, 2]
+    assert np.array_equal(first.read_uint8(0)[0], full.read_uint8(0)[0])  # bytes copied, not re-encoded
+    subset_pack(src, str(tmp_path / "drawn"), 4, seed=1)
+    drawn = RecordDataset(str(tmp_path / "drawn"), train=False)
+    chosen = [int(line.split("\t")[1]) for line in (tmp_path / "drawn" / "subset.txt").read_text().splitlines()[2:]]
+    assert len(chosen) == 4 and drawn.num_classes == 4
+    k = int(np.flatnonzero(full.labels() == chosen[2])[0])
+    assert np.array_equal(drawn.read_uint8(20)[0], full.read_uint8(k)[0])

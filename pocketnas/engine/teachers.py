@@ -2,7 +2,6 @@
 cache of its embeddings, and PocketNet's multi-step teacher that changes checkpoint every epoch."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -129,24 +128,16 @@ class LiveTeacher:
             return torch.from_numpy(self._teacher(images))
 
 
-def file_sha256(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def teacher_fingerprint(embedder: Embedder) -> str:
     """The teacher's content: the sha256 of an ONNX file, or of a PyTorch teacher's weights (any file name, any
     time stamp: only the numbers count)."""
-    if isinstance(embedder, TorchEmbedder):
-        from ..models.checkpoint import weights_sha256
+    from ..models.checkpoint import file_digest, weights_sha256
 
+    if isinstance(embedder, TorchEmbedder):
         return f"{type(embedder.model).__name__}:{weights_sha256(embedder.model.state_dict())}"
     path = getattr(embedder, "path", None)
     if path and os.path.isfile(path):
-        return f"file:{file_sha256(path)}"
+        return f"file:{file_digest(path)}"
     raise InputError(f"teacher {embedder.name}: cannot fingerprint it for the teacher cache; set teacher_cache=false")
 
 

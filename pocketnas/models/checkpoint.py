@@ -316,18 +316,33 @@ def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] 
 
 
 def registered_weights_path(name: str, cfg: Any) -> str:
-    """Local file of a variant's registered weights (package assets or $POCKETNAS_WEIGHTS), hash-checked."""
-    if not cfg.weights:
-        raise CheckpointError(f"no pretrained weights are registered for {name}; pass pretrained=PATH to a "
-                              f"pocketnas checkpoint or an original backbone.pth")
-    folders = [os.environ.get("POCKETNAS_WEIGHTS", ""), os.path.join(os.path.dirname(__file__), "..", "assets")]
+    """The local file of a variant's shipped weights (package assets, or the ``POCKETNAS_WEIGHTS`` folder first),
+    after checking its sha256 against the variant's pretrained configuration."""
+    pre = getattr(cfg, "pretrained", None)
+    if pre is None:
+        from ..registry import list_models, model_cfg
+
+        have = [n for n in list_models() if model_cfg(n).pretrained is not None]
+        raise CheckpointError(f"no pretrained weights ship for {name} (models with weights: "
+                              f"{', '.join(have) or 'none'}); pass pretrained=PATH to a pocketnas checkpoint or an "
+                              f"original backbone.pth")
+    folders = [os.environ.get("POCKETNAS_WEIGHTS", ""),
+               os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "weights")]
     for folder in folders:
-        candidate = os.path.join(folder, cfg.weights) if folder else ""
+        candidate = os.path.join(folder, pre.file) if folder else ""
         if candidate and os.path.isfile(candidate):
-            if cfg.sha256:
-                with open(candidate, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-                if digest != cfg.sha256:
-                    raise CheckpointError(f"{candidate}: sha256 {digest} differs from the registered {cfg.sha256}")
+            digest = file_digest(candidate)
+            if digest != pre.sha256:
+                raise CheckpointError(f"{candidate}: sha256 {digest} differs from the one registered for {name} "
+                                      f"({pre.sha256}): the file was altered or replaced; refusing to load it "
+                                      f"(reinstall pocketnas to restore it)")
             return candidate
-    raise CheckpointError(f"weights file {cfg.weights} for {name} not found; put it in $POCKETNAS_WEIGHTS")
+    raise CheckpointError(f"weights file {pre.file} for {name} not found in the package or $POCKETNAS_WEIGHTS")
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
