@@ -99,6 +99,23 @@ def table(results: list) -> str:
     return "\n".join(lines)
 
 
+def draw_views(data: str, out_png: str, indices=(3, 500, 2100), views: int = 7) -> None:
+    """A contact sheet: each row an aligned face of ``data`` and ``views`` of its augmented views."""
+    import numpy as np
+    from PIL import Image
+
+    from pocketnas.data.views import FaceViewAugment
+    from pocketnas.engine.sampling import open_face_dataset
+
+    faces, aug = open_face_dataset(data), FaceViewAugment()
+    rows = []
+    for idx in indices:
+        image, _ = faces.sample_uint8(idx)
+        tiles = [image] + [aug(image, np.random.default_rng([0, idx, k])) for k in range(views)]
+        rows.append(np.concatenate([t.transpose(1, 2, 0) for t in tiles], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -110,7 +127,11 @@ def main() -> None:
     p.add_argument("--rows", default="none,kd100,fm1000,fm1000_nolabel")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draw-views", metavar="PNG", help="only draw a contact sheet of views of --data into PNG")
     args = p.parse_args()
+    if args.draw_views:
+        draw_views(args.data, args.draw_views)
+        return
     os.makedirs(args.out, exist_ok=True)
     for name in args.rows.split(","):
         if name not in ROWS:
