@@ -64,18 +64,36 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
             "resumed": resume}
 
 
+def teacher_embeddings(args: argparse.Namespace):
+    """The fixed teacher's embeddings of the test set's images, computed once per study (saved beside the rows)."""
+    import numpy as np
+
+    from pocketnas.data.binfile import read_bin
+    from pocketnas.models.checkpoint import file_digest
+    from pocketnas.models.embedders import embed_images, load_embedder
+
+    path = os.path.join(args.out, f"teacher_{file_digest(args.teacher)[:12]}_{file_digest(args.bin)[:12]}.npy")
+    if os.path.isfile(path):
+        return np.load(path)
+    teacher = load_embedder(args.teacher, input_norm=args.teacher_input_norm, threads=2)
+    images, _ = read_bin(args.bin, size=teacher.input_size, progress=False)
+    emb = embed_images(teacher, images, 64, flip=False, progress=False)
+    np.save(path, emb)
+    return emb
+
+
 def evaluate_row(name: str, args: argparse.Namespace, info: dict) -> dict:
     import torch
 
     import pocketnas
     from pocketnas.evaluation.run import verification_report, write_json
-    from pocketnas.models.embedders import TorchEmbedder, load_embedder
+    from pocketnas.models.embedders import TorchEmbedder
 
     torch.set_num_threads(2)
     out = os.path.join(args.out, name)
     student = TorchEmbedder(pocketnas.load(os.path.join(out, "model.pt")), name=name)
-    teacher = load_embedder(args.teacher, input_norm=args.teacher_input_norm, threads=2)
-    report = verification_report(student, args.bin, teacher=teacher, progress=False)
+    report = verification_report(student, args.bin, teacher_embeddings=teacher_embeddings(args), progress=False)
+    report["teacher"] = os.path.basename(args.teacher)
     state = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=True)
     log = open(os.path.join(out, "log.txt"), encoding="utf-8").read().splitlines()
     minutes = [float(line.split("(")[-1].split(" min")[0]) for line in log if " min so far)" in line]

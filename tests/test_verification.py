@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 import pocketnas
 from pocketnas.evaluation.biometric import auc, eer, roc_curve, tar_at_far
@@ -143,3 +144,24 @@ def test_sface_on_orl_pairs(shared):
     sface = load_embedder(f"{shared}/weights/sface_fp32.onnx", input_norm="raw255", threads=2)
     r = verify_bins(sface, [f"{shared}/data/orl/orl.bin"], flip=False, progress=False)["orl"]
     assert r["accuracy_mean"] >= 0.995 and r["auc"] > 0.999
+
+
+def test_verification_report_matches_the_two_protocol_runs(shared):
+    import pocketnas
+    from pocketnas.evaluation.run import verification_report, verify_bins
+    from pocketnas.models.calibrate import calibrate_batchnorm
+    from pocketnas.models.embedders import TorchEmbedder
+
+    torch.manual_seed(0)
+    model = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=16)
+    from pocketnas.data import FolderDataset, normalize, orl_root
+
+    calibrate_batchnorm(model, [normalize(FolderDataset(orl_root(), train=False).batch_uint8(range(0, 400, 5)))])
+    student = TorchEmbedder(model.eval(), name="s")
+    orl = f"{shared}/data/orl/orl.bin"
+    report = verification_report(student, orl, teacher=student, progress=False)
+    plain, flip = verify_bins(student, [orl], flip=False, progress=False), verify_bins(student, [orl], flip=True,
+                                                                                       progress=False)
+    assert report["no_flip"]["accuracy_mean"] == plain["orl"]["accuracy_mean"]
+    assert abs(report["flip"]["accuracy_mean"] - flip["orl"]["accuracy_mean"]) < 1e-9
+    assert abs(report["teacher_cosine_mean"] - 1.0) < 1e-5

@@ -390,8 +390,12 @@ class Trainer:
 
     def save_backbone(self, path: str) -> None:
         if self.env.is_main:
-            save(self.backbone, path, meta={"epoch": self.epoch, "step": self.step, "arch": self.cfg.arch,
-                                            "recipe": recipe_of(self.cfg)})
+            cfg = self.cfg
+            training = {"data": os.path.basename(os.path.normpath(cfg.data)), "epochs": cfg.epochs,
+                        "kd": cfg.kd, "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
+                        "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight}
+            save(self.backbone, path, meta={"epoch": self.epoch, "step": self.step, "arch": cfg.arch,
+                                            "recipe": recipe_of(cfg), "training": training})
 
     # ------------------------------------------------------------------ the loop
     def _teacher_outputs(self, images_u8, index, view, live):

@@ -75,10 +75,11 @@ def verify_bins(embedder: Embedder, bins: Sequence[str], flip: bool = True, batc
 
 
 def verification_report(embedder: Embedder, path: str, teacher: Optional[Embedder] = None, batch_size: int = 64,
-                        progress: bool = True) -> Dict[str, Any]:
+                        progress: bool = True, teacher_embeddings: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """One ``.bin`` set without and with the flip test from the same two passes (each image and its mirror), and,
-    given ``teacher``, the mean cosine between the student's and the teacher's embeddings of the images (no flip;
-    meaningful when the student was distilled into the teacher's coordinate frame, about 0 otherwise)."""
+    given ``teacher`` (or its ``teacher_embeddings`` of the set's images, computed once for many students), the
+    mean cosine between the student's and the teacher's embeddings of the images (no flip; meaningful when the
+    student was distilled into the teacher's coordinate frame, about 0 otherwise)."""
     from ..data.binfile import read_bin
 
     t0 = time.perf_counter()
@@ -88,15 +89,17 @@ def verification_report(embedder: Embedder, path: str, teacher: Optional[Embedde
                             progress=progress, desc="embedding mirrors")
     report: Dict[str, Any] = {"set": os.path.splitext(os.path.basename(path))[0], "path": path,
                               "no_flip": evaluate_pairs(plain, issame), "flip": evaluate_pairs(plain + mirrored, issame)}
-    if teacher is not None:
-        t_images = images if teacher.input_size == embedder.input_size else read_bin(path, size=teacher.input_size,
-                                                                                      progress=False)[0]
-        t_emb = embed_images(teacher, t_images, batch_size, flip=False, progress=progress, desc="teacher")
+    if teacher is not None or teacher_embeddings is not None:
+        t_emb = teacher_embeddings
+        if t_emb is None:
+            t_images = images if teacher.input_size == embedder.input_size else read_bin(
+                path, size=teacher.input_size, progress=False)[0]
+            t_emb = embed_images(teacher, t_images, batch_size, flip=False, progress=progress, desc="teacher")
         if t_emb.shape[1] == plain.shape[1]:
             cos = np.sum(_unit(plain) * _unit(t_emb), axis=1)
             report["teacher_cosine_mean"] = float(cos.mean())
             report["teacher_cosine_median"] = float(np.median(cos))
-        report["teacher"] = teacher.name
+        report["teacher"] = teacher.name if teacher is not None else "given embeddings"
     report["seconds"] = time.perf_counter() - t0
     for key in ("no_flip", "flip"):
         report[key].pop("roc_fpr", None)
