@@ -26,7 +26,7 @@ def tiny(*extra, space="pocketnet"):
 
 def test_space_files_validate(tmp_path):
     for name in ("pocketnet", "darts"):
-        space = load_space(os.path.join(REPO, "search_spaces", f"{name}.yaml"))
+        space = load_space(os.path.join(REPO, "pocketnas", "search_spaces", f"{name}.yaml"))
         assert len(space.operations) == 8 and space.nodes == 4 and space.edges_per_cell == 14
     (tmp_path / "bad.yaml").write_text("name: x\noperations: [max_pool_3x3, dw_conv_9x9]\n")
     with pytest.raises(SearchSpaceError, match=r"bad.yaml: operations\[1\]: unknown operation 'dw_conv_9x9'"):
@@ -289,7 +289,7 @@ def test_search_config_errors():
 def test_search_command(tmp_path, capsys):
     from pocketnas.cli import main
 
-    args = ["search", "--space", os.path.join(REPO, "search_spaces", "pocketnet.yaml"), "--data", orl_root(),
+    args = ["search", "--space", os.path.join(REPO, "pocketnas", "search_spaces", "pocketnet.yaml"), "--data", orl_root(),
             "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)]
     assert main(args + ["--set", "epochs=1"]) == 0
     assert "alpha entropy" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Search spaces as data: ``search_spaces/*.yaml`` read with ``yaml.safe_load`` and checked against the one
+"""Search spaces as data: ``pocketnas/search_spaces/*.yaml`` read with ``yaml.safe_load`` and checked against the one
 operation registry, with messages that name the file and the bad key."""
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ class SearchSpace:
 
 
 def search_space_dirs() -> List[str]:
-    """Where named spaces live: the installed package's copy, then a source checkout's ``search_spaces/``."""
+    """Where named spaces live: inside the package (``pocketnas/search_spaces/``, shipped in the wheel)."""
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(pkg, "search_spaces"), os.path.join(os.path.dirname(pkg), "search_spaces")]
+    return [os.path.join(pkg, "search_spaces")]
 
 
 def resolve_space(spec: str) -> str:
