@@ -114,6 +114,8 @@ def table(results: list) -> str:
                      f"{100 * nf['accuracy_mean']:.2f} +- {100 * nf['accuracy_std']:.2f} | "
                      f"{100 * fl['accuracy_mean']:.2f} | {nf['auc']:.4f} | {100 * nf['eer']:.2f} | "
                      f"{'-' if cos is None else f'{cos:.3f}'} |")
+    lines += ["", "Commands (each row; `bench/distill_study.py` runs them, then evaluates the last checkpoint):", ""]
+    lines += [f"- `{r['row']}`: `{r['command']}`" for r in results]
     return "\n".join(lines)
 
 
