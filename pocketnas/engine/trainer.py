@@ -32,8 +32,7 @@ from ..models.features import FeatureTap, feature_channels
 from ..registry import create_model
 from . import distributed as dist_utils
 from .allocator import tune_glibc_malloc
-from .run_folder import RunFolder
-from .runlog import close_run_log, log_run_failure, open_run_log
+from .run import Run, run_to_end
 from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_dataset
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
                        hint_layers_of)
@@ -118,26 +117,16 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Trainer:
+class Trainer(Run):
     """``backbone``: an already built network to train instead of ``cfg.arch`` (e.g. a pruned one to fine-tune;
     its pruning masks hold through training)."""
 
+    kind = "train"
+
     def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
                  overwrite: bool = False):
-        self.cfg, self.out_dir = cfg, out_dir
         self._given_backbone = backbone
-        self.tb, self._log_handler = None, None
-        self.env = dist_utils.setup(cfg.device)
-        self.folder = RunFolder(out_dir, resume, overwrite, "train")
-        if self.env.is_main:
-            self.folder.acquire()
-        try:
-            self._init(resume)
-        except BaseException as e:
-            if self._log_handler is not None:
-                log_run_failure(e)
-            self.close()
-            raise
+        self._start(cfg, out_dir, resume, overwrite)
 
     def _init(self, resume: bool) -> None:
         cfg, out_dir = self.cfg, self.out_dir
@@ -167,11 +156,6 @@ class Trainer:
         self._build()
 
     # ------------------------------------------------------------------ set-up
-    def _setup_logging(self) -> None:
-        if not self.env.is_main:
-            return
-        self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
-
     def _build(self) -> None:
         """Data and model, teacher and losses, then the optimiser: each a step of its own."""
         cfg = self.cfg
@@ -527,21 +511,7 @@ class Trainer:
                         100 * r["accuracy_mean"], 100 * r["accuracy_std"])
         return out
 
-    def close(self) -> None:
-        close_run_log(self.tb, self._log_handler)
-        self.tb, self._log_handler = None, None
-        self.folder.release()
-        dist_utils.teardown(self.env)
-
-
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
           overwrite: bool = False) -> Dict[str, Any]:
     trainer = Trainer(cfg, out_dir, resume, backbone, overwrite)
-    try:
-        return trainer.fit()
-    except BaseException as e:
-        if trainer.env.is_main:
-            log_run_failure(e)
-        raise
-    finally:
-        trainer.close()
+    return run_to_end(trainer, trainer.fit)

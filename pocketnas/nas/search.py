@@ -28,8 +28,7 @@ from ..config import ConfigError, config_from_dict
 from ..data.transforms import normalize
 from ..engine import distributed as dist_utils
 from ..engine.allocator import tune_glibc_malloc
-from ..engine.run_folder import RunFolder
-from ..engine.runlog import close_run_log, log_run_failure, open_run_log
+from ..engine.run import Run, run_to_end
 from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
 from ..engine.trainer import rng_state, set_rng_state
 from ..losses.heads import MarginHead
@@ -209,21 +208,11 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-class Searcher:
+class Searcher(Run):
+    kind = "search"
+
     def __init__(self, cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False):
-        self.cfg, self.out_dir = cfg, out_dir
-        self.tb, self._log_handler = None, None
-        self.env = dist_utils.setup(cfg.device)
-        self.folder = RunFolder(out_dir, resume, overwrite, "search")
-        if self.env.is_main:
-            self.folder.acquire()
-        try:
-            self._init(resume)
-        except BaseException as e:
-            if self._log_handler is not None:
-                log_run_failure(e)
-            self.close()
-            raise
+        self._start(cfg, out_dir, resume, overwrite)
 
     def _init(self, resume: bool) -> None:
         cfg, out_dir = self.cfg, self.out_dir
@@ -257,10 +246,9 @@ class Searcher:
             self._restore(state)
 
     def _setup_logging(self) -> None:
-        if not self.env.is_main:
-            return
-        os.makedirs(os.path.join(self.out_dir, "cells"), exist_ok=True)
-        self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
+        if self.env.is_main:
+            os.makedirs(os.path.join(self.out_dir, "cells"), exist_ok=True)
+        super()._setup_logging()
 
     def _build(self) -> None:
         cfg, env = self.cfg, self.env
@@ -502,12 +490,6 @@ class Searcher:
                     self.history["alpha_entropy_start"], self.history["alpha_entropy_end"],
                     math.log(len(self.space.operations)), 100 * self.history["best_val_acc"])
 
-    def close(self) -> None:
-        close_run_log(self.tb, self._log_handler)
-        self.tb, self._log_handler = None, None
-        self.folder.release()
-        dist_utils.teardown(self.env)
-
 
 def search_step(model: SearchModel, architect: Architect, w_optim: torch.optim.Optimizer, tx, ty, vx, vy,
                 lr: float, grad_clip: float, env=None, amp_dtype=None):
@@ -549,11 +531,4 @@ def alpha_heatmap(probs: Dict[str, torch.Tensor], ops: List[str]):
 
 def search(cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
     searcher = Searcher(cfg, out_dir, resume, overwrite)
-    try:
-        return searcher.run()
-    except BaseException as e:
-        if searcher.env.is_main:
-            log_run_failure(e)
-        raise
-    finally:
-        searcher.close()
+    return run_to_end(searcher, searcher.run)
