@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import InputError
 from ..data.transforms import normalize
-from ..errors import PocketnasError
+from ..errors import InputError, PocketnasError
 from ..onnx_runtime import cpu_session
 from .export import export_onnx
 

@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
 from ..data.transforms import fit_size
+from ..errors import InputError
 from ..models.embedders import Embedder, TorchEmbedder, load_embedder
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,13 @@ class TeacherCache:
             self.steps[stale] = -1
             self.steps.flush()
 
-    def lookup(self, index: np.ndarray, flipped: np.ndarray):
-        written = self.steps[index, flipped] >= 0
-        return written, self.values[index, flipped]
+    def lookup(self, index: np.ndarray, view: np.ndarray):
+        written = self.steps[index, view] >= 0
+        return written, self.values[index, view]
 
-    def store(self, index: np.ndarray, flipped: np.ndarray, values: np.ndarray, step: int) -> None:
-        self.values[index, flipped] = values
-        self.steps[index, flipped] = step
+    def store(self, index: np.ndarray, view: np.ndarray, values: np.ndarray, step: int) -> None:
+        self.values[index, view] = values
+        self.steps[index, view] = step
 
 
 class FixedTeacher:
@@ -90,14 +90,14 @@ class FixedTeacher:
         """Embeddings of the views ``images_u8`` (image ``index``, view number ``view``), cached when asked."""
         if self.cache is None:
             return torch.from_numpy(self(images_u8))
-        idx, flp = index.numpy(), view.numpy().astype(np.int64)
-        have, values = self.cache.lookup(idx, flp)
+        idx, views = index.numpy(), view.numpy().astype(np.int64)
+        have, values = self.cache.lookup(idx, views)
         out = np.array(values, dtype=np.float32)
         if not have.all():
             miss = np.flatnonzero(~have)
             fresh = self(images_u8[torch.from_numpy(miss)])
             out[miss] = fresh
-            self.cache.store(idx[miss], flp[miss], fresh, step)
+            self.cache.store(idx[miss], views[miss], fresh, step)
         self.cache.hits += int(have.sum())
         self.cache.misses += int((~have).sum())
         return torch.from_numpy(out)
@@ -190,9 +190,9 @@ class MultiStepTeacher:
             self.epoch = epoch
             logger.info("multi-step KD: epoch %d distils from %s", epoch + 1, path)
 
-    def embed(self, images_u8, index, flipped, step):
+    def embed(self, images_u8, index, view, step):
         assert self.current is not None, "set_epoch first"
-        return self.current.embed(images_u8, index, flipped, step)
+        return self.current.embed(images_u8, index, view, step)
 
 
 def build_fixed_teacher(spec: str, arch: Optional[str] = None, input_norm: Optional[str] = None,

@@ -10,8 +10,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ..errors import InputError
 from ..data.transforms import check_norm, normalize
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
