@@ -8,8 +8,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import InputError
 from .compress import METHODS as PRUNE_METHODS
+from .errors import InputError
 
 logger = logging.getLogger("pocketnas")
 
