@@ -82,6 +82,13 @@ def teacher_embeddings(args: argparse.Namespace):
     return emb
 
 
+def epoch_minutes(out: str) -> list:
+    """Each epoch's minutes as the run's log timed them ("epoch e/E: ... (M min so far)")."""
+    with open(os.path.join(out, "log.txt"), encoding="utf-8") as f:
+        so_far = [float(line.split("(")[-1].split(" min")[0]) for line in f if " min so far)" in line]
+    return [b - a for a, b in zip([0.0] + so_far[:-1], so_far)]
+
+
 def evaluate_row(name: str, args: argparse.Namespace, info: dict) -> dict:
     import torch
 
@@ -95,26 +102,31 @@ def evaluate_row(name: str, args: argparse.Namespace, info: dict) -> dict:
     report = verification_report(student, args.bin, teacher_embeddings=teacher_embeddings(args), progress=False)
     report["teacher"] = os.path.basename(args.teacher)
     state = torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=True)
-    log = open(os.path.join(out, "log.txt"), encoding="utf-8").read().splitlines()
-    minutes = [float(line.split("(")[-1].split(" min")[0]) for line in log if " min so far)" in line]
+    minutes = epoch_minutes(out)
     result = {**info, "epochs": int(state["epoch"]), "steps": int(state["step"]),
-              "train_minutes": minutes[-1] if minutes else None, "lfw": report}
+              "train_minutes": sum(minutes) if minutes else None,
+              "fastest_epoch_minutes": min(minutes) if minutes else None, "lfw": report}
     write_json(os.path.join(out, "eval.json"), result)
     return result
 
 
-def table(results: list) -> str:
-    lines = ["| row | what | epochs | train min | LFW % (no flip) | LFW % (flip) | AUC | EER % | cos to SFace |",
+def table(results: list, out: str = "") -> str:
+    lines = ["| row | what | epochs | min/epoch | LFW % (no flip) | LFW % (flip) | AUC | EER % | cos to SFace |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lf = r["lfw"]
         nf, fl = lf["no_flip"], lf["flip"]
         cos = lf.get("teacher_cosine_mean")
-        lines.append(f"| {r['row']} | {r['what']} | {r['epochs']} | {r['train_minutes']:.0f} | "
+        fastest = r.get("fastest_epoch_minutes")
+        if fastest is None and out and os.path.isfile(os.path.join(out, r["row"], "log.txt")):
+            fastest = min(epoch_minutes(os.path.join(out, r["row"])), default=None)
+        lines.append(f"| {r['row']} | {r['what']} | {r['epochs']} | {'-' if fastest is None else f'{fastest:.1f}'} | "
                      f"{100 * nf['accuracy_mean']:.2f} +- {100 * nf['accuracy_std']:.2f} | "
                      f"{100 * fl['accuracy_mean']:.2f} | {nf['auc']:.4f} | {100 * nf['eer']:.2f} | "
                      f"{'-' if cos is None else f'{cos:.3f}'} |")
-    lines += ["", "Commands (each row; `bench/distill_study.py` runs them, then evaluates the last checkpoint):", ""]
+    lines += ["", "min/epoch: the fastest epoch of the run as its log timed it (the machine is shared: slower epochs "
+              "had other work beside them).", "",
+              "Commands (each row; `bench/distill_study.py` runs them, then evaluates the last checkpoint):", ""]
     lines += [f"- `{r['row']}`: `{r['command']}`" for r in results]
     return "\n".join(lines)
 
@@ -167,8 +179,8 @@ def main() -> None:
                 with open(path, encoding="utf-8") as f:
                     results.append(json.load(f))
         with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
-            f.write(table(results) + "\n")
-        print(table(results), flush=True)
+            f.write(table(results, args.out) + "\n")
+        print(table(results, args.out), flush=True)
 
 
 if __name__ == "__main__":
