@@ -51,9 +51,9 @@ ROWS = {
 def run_row(name: str, args: argparse.Namespace) -> dict:
     out = os.path.join(args.out, name)
     desc, extra = ROWS[name]
+    if "{teacher}" in extra and args.teacher.endswith(".onnx"):  # the ONNX teacher declares no normalisation
+        extra = extra + ["--teacher-input-norm", args.teacher_input_norm]
     extra = [a.format(teacher=args.teacher, torch_teacher=args.torch_teacher) for a in extra]
-    if "--teacher" in extra and args.teacher.endswith(".onnx"):
-        extra += ["--teacher-input-norm", args.teacher_input_norm]
     cmd = ["pocketnas", "train", "--data", args.data, "--out", out, *COMMON, "--set", f"epochs={args.epochs}",
            "--set", f"milestones=[{args.epochs - 1}]", "--set", f"seed={args.seed}", *extra]
     resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))

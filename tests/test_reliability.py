@@ -467,3 +467,19 @@ def test_case15_bare_state_dict_suggests_arch(tmp_path, capsys):
     assert main(["info", str(tmp_path / "backbone.pth"), "--no-latency"]) == 2
     err = capsys.readouterr().err
     assert "bare state dict" in err and "pocketnet_s_128" in err and "add --arch NAME" in err
+
+
+def test_a_teacher_normalisation_that_contradicts_its_checkpoint_is_refused(tmp_path):
+    """Found by the multi-step study: --teacher-input-norm raw255 (meant for SFace) given with a pocketnas teacher
+    fed it raw pixels without a word. A self-describing teacher's own normalisation now wins or the run stops."""
+    from pocketnas.config import ConfigError
+    from pocketnas.errors import InputError
+
+    run = tmp_path / "t"
+    train(tiny(epochs=1, save_every_epoch=True), str(run))
+    with pytest.raises(InputError, match="records its input normalisation \\(arcface\\); the 'raw255'"):
+        train(tiny(kd="embedding", teacher=str(run / "model.pt"), teacher_input_norm="raw255"), str(tmp_path / "s"))
+    with pytest.raises(ConfigError, match="multi-step teacher .* drop teacher_input_norm"):
+        tiny(kd="multistep", teacher=str(run), teacher_input_norm="raw255", epochs=1)
+    train(tiny(kd="embedding", teacher=str(run / "model.pt"), teacher_input_norm="arcface", epochs=1),
+          str(tmp_path / "ok"))  # agreeing with the checkpoint is fine

@@ -90,7 +90,10 @@ class TrainConfig:
             raise ConfigError(f"{source}: arch {self.arch!r} is not a registered model (see `pocketnas models`)")
         if self.loss not in MARGINS:
             raise ConfigError(f"{source}: loss must be one of {', '.join(MARGINS.names())}, got {self.loss!r}")
-        losses, _ = self.kd_plan(source)
+        losses, multistep = self.kd_plan(source)
+        if multistep and (self.teacher_input_norm or self.teacher_arch):
+            raise ConfigError(f"{source}: a multi-step teacher is a pocketnas run whose checkpoints record their own "
+                              f"architecture and normalisation; drop teacher_input_norm / teacher_arch")
         if self.kd and not self.teacher:
             raise ConfigError(f"{source}: kd={self.kd} needs a teacher (--teacher or teacher: ...)")
         if "hint" in losses and not self.hint_layers:

@@ -100,7 +100,14 @@ def load_embedder(spec: str, arch: Optional[str] = None, pretrained: Optional[st
             raise FileNotFoundError(f"{spec}: no such ONNX model")
         return OnnxEmbedder(spec, input_norm, threads)
     name = os.path.basename(spec) if os.path.exists(spec) else spec
-    return TorchEmbedder(load_model(spec, arch, pretrained), name=name, input_norm=input_norm, device=device)
+    model = load_model(spec, arch, pretrained)
+    if input_norm and arch is None:  # a pocketnas checkpoint or registry model knows its own normalisation
+        own = getattr(model, "input_norm", None) or model.pocketnas_cfg.input_norm
+        if input_norm != own:
+            raise InputError(f"{spec} records its input normalisation ({own}); the {input_norm!r} asked for would "
+                             f"feed it inputs it was not trained on. Leave the normalisation out (it is for ONNX "
+                             f"models and bare state dicts)")
+    return TorchEmbedder(model, name=name, input_norm=input_norm, device=device)
 
 
 def embed_images(embedder: Embedder, images: np.ndarray, batch_size: int = 64, flip: bool = True,
