@@ -147,7 +147,6 @@ def test_sface_on_orl_pairs(shared):
 
 
 def test_verification_report_matches_the_two_protocol_runs(shared):
-    import pocketnas
     from pocketnas.evaluation.run import verification_report, verify_bins
     from pocketnas.models.calibrate import calibrate_batchnorm
     from pocketnas.models.embedders import TorchEmbedder
