@@ -30,11 +30,15 @@ ROWS = {
               ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=100"]),
     "kd1000": ("embedding KD, w=1000, cached (control for the weight)",
                ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000"]),
-    "fm1000": ("function matching: embedding KD w=1000 on consistent augmented views (live teacher) + ArcFace",
-               ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set", "augment=true"]),
-    "fm1000_nolabel": ("function matching without labels (teacher only, w=1000)",
+    "fm1000": ("function matching: embedding KD w=1000 on consistent augmented views (a bank of 8 per image) + "
+               "ArcFace", ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
+                           "augment=true", "--set", "view_bank=8"]),
+    "fm1000_live": ("function matching as fm1000 with a fresh view every step (live teacher in the workers)",
+                    ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
+                     "augment=true"]),
+    "fm1000_nolabel": ("function matching without labels (teacher only, w=1000, the bank of fm1000)",
                        ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
-                        "augment=true", "--set", "margin_weight=0"]),
+                        "augment=true", "--set", "view_bank=8", "--set", "margin_weight=0"]),
     "rkd": ("relational KD (RKD distance + angle) + ArcFace, cached",
             ["--kd", "rkd", "--teacher", "{teacher}"]),
     "sp": ("similarity-preserving KD + ArcFace, cached", ["--kd", "sp", "--teacher", "{teacher}"]),
@@ -54,6 +58,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     if "{teacher}" in extra and args.teacher.endswith(".onnx"):  # the ONNX teacher declares no normalisation
         extra = extra + ["--teacher-input-norm", args.teacher_input_norm]
     extra = [a.format(teacher=args.teacher, torch_teacher=args.torch_teacher) for a in extra]
+    if "{teacher}" in ROWS[name][1]:  # rows with one teacher and one view transform share its embeddings
+        extra = extra + ["--set", f"teacher_cache_dir={os.path.join(args.out, 'teacher_cache')}"]
     cmd = ["pocketnas", "train", "--data", args.data, "--out", out, *COMMON, "--set", f"epochs={args.epochs}",
            "--set", f"milestones=[{args.epochs - 1}]", "--set", f"seed={args.seed}", *extra]
     resume = os.path.isfile(os.path.join(out, "checkpoint.pt"))

@@ -136,6 +136,28 @@ def test_view_bank_is_cached(tmp_path, small_teacher):
     assert hits > 0 and "sp" in history["epochs"][0]
 
 
+def test_a_shared_teacher_cache_serves_the_next_run_and_keeps_keys_apart(tmp_path, small_teacher):
+    shared = tmp_path / "cache"
+    kw = dict(kd="embedding", teacher=small_teacher, epochs=1, batch_size=8, lr_reference_batch=8,
+              max_batches_per_epoch=2, data=_people(tmp_path, 1, 2), teacher_cache_dir=str(shared))
+
+    def hits(run):
+        log = (tmp_path / run / "log.txt").read_text()
+        last = [line for line in log.splitlines() if "teacher cache:" in line][-1]
+        return int(last.split("teacher cache: ")[1].split(" hits")[0])
+
+    train(tiny(**kw), str(tmp_path / "a"))
+    assert hits("a") == 0 and not (tmp_path / "a" / "teacher_cache").exists()
+    folders = os.listdir(shared)
+    assert len(folders) == 1
+    train(tiny(**kw), str(tmp_path / "b"))  # the same teacher, data, views and seed: every embedding is a hit
+    assert hits("b") == 16 and os.listdir(shared) == folders
+    train(tiny(seed=1, **kw), str(tmp_path / "c"))  # another seed, the same image-and-mirror views: shared
+    assert hits("c") > 0 and os.listdir(shared) == folders  # (other batches: only some of them were computed)
+    train(tiny(augment=True, view_bank=2, **kw), str(tmp_path / "d"))  # other views: another key, its own folder
+    assert hits("d") == 0 and len(os.listdir(shared)) == 2
+
+
 def _people(tmp_path, *ids):
     root = tmp_path / "people"
     for i in ids:

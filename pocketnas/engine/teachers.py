@@ -2,6 +2,7 @@
 cache of its embeddings, and PocketNet's multi-step teacher that changes checkpoint every epoch."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ class TeacherCache:
     (and the log says which parts differ)."""
 
     def __init__(self, folder: str, images: int, dim: int, key: Dict[str, Any], create: bool = True,
-                 views: int = 2):
+                 views: int = 2, shared: bool = False):
         os.makedirs(folder, exist_ok=True)
+        self.shared = shared
         self.values_path = os.path.join(folder, "embeddings.f32")
         self.steps_path = os.path.join(folder, "written_step.i64")
         meta_path = os.path.join(folder, "cache.json")
@@ -57,6 +59,10 @@ class TeacherCache:
         self.hits = self.misses = 0
 
     def forget_after(self, step: int) -> None:
+        """Forget what was written after ``step`` (a resumed run's checkpoint). A cache shared between runs keeps
+        everything: its entries are the teacher's outputs for a key, whichever run wrote them."""
+        if self.shared:
+            return
         stale = self.steps > step
         if stale.any():
             self.steps[stale] = -1
@@ -148,6 +154,13 @@ def cache_key(embedder: Embedder, faces, transform: Dict[str, Any]) -> Dict[str,
     return {"teacher": teacher_fingerprint(embedder), "teacher_input_norm": embedder.input_norm,
             "teacher_input_size": int(embedder.input_size), "teacher_dim": int(embedder.embedding_size),
             "data": faces.fingerprint(), "transform": transform}
+
+
+def shared_cache_folder(root: str, key: Dict[str, Any]) -> str:
+    """The subfolder of a shared teacher cache ``root`` for ``key``: runs with one key share it, runs with another
+    teacher, data or transform get their own (so they never overwrite each other's entries)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return os.path.join(root, digest)
 
 
 def epoch_checkpoint(run_dir: str, epoch: int) -> str:

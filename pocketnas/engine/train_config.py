@@ -66,6 +66,7 @@ class TrainConfig:
     sp_weight: float = 3000.0               # Tung and Mori's gamma
     kd_only_epochs: int = 0                 # the first epochs train on the teacher's losses alone, then joint
     teacher_cache: bool = True
+    teacher_cache_dir: str = ""             # share the cache between runs: one subfolder per cache key, kept
     teacher_threads: int = 1                # threads of the teacher in each DataLoader worker (live teacher)
     hint_layers: List[List[str]] = field(default_factory=list)  # [[student module, teacher module], ...]
     hint_weight: float = 1.0

@@ -35,7 +35,7 @@ from .allocator import tune_glibc_malloc
 from .run import Run, run_to_end
 from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_dataset
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
-                       hint_layers_of)
+                       hint_layers_of, shared_cache_folder)
 from .train_config import TrainConfig, recipe_of
 
 logger = logging.getLogger(__name__)
@@ -283,17 +283,21 @@ class Trainer(Run):
         needs_maps = self.teacher_tap is not None
         views = self.samples.views_per_image
         if cfg.teacher_cache and views and not cfg.mixup_alpha and not needs_maps:
-            cache_dir = os.path.join(self.out_dir, "teacher_cache")
             transform = {"view_size": self.view_size, "views": views, "flip": cfg.flip,
-                         "augment": repr(self.samples.augment) if self.samples.augment else None, "seed": cfg.seed}
+                         "augment": repr(self.samples.augment) if self.samples.augment else None,
+                         "seed": cfg.seed if self.samples.augment else None}  # the seed draws augmented views
             key = cache_key(embedder, self.faces, transform)
+            shared = bool(cfg.teacher_cache_dir)
+            cache_dir = (shared_cache_folder(cfg.teacher_cache_dir, key) if shared
+                         else os.path.join(self.out_dir, "teacher_cache"))
             if env.is_main:
-                self.teacher.cache = TeacherCache(cache_dir, len(self.faces), self.teacher.dim, key, views=views)
+                self.teacher.cache = TeacherCache(cache_dir, len(self.faces), self.teacher.dim, key, views=views,
+                                                  shared=shared)
             dist_utils.barrier(env)
             if not env.is_main:
                 self.teacher.cache = TeacherCache(cache_dir, len(self.faces), self.teacher.dim, key, create=False,
-                                                  views=views)
-            where = f"embeddings cached ({views} views per image)"
+                                                  views=views, shared=shared)
+            where = f"embeddings cached ({views} views per image{', in ' + cache_dir if shared else ''})"
         elif not needs_maps and env.device.type == "cpu" and cfg.workers > 0:
             self.live_teacher = LiveTeacher(cfg.teacher, cfg.teacher_arch, embedder.input_norm, cfg.teacher_threads)
             where = f"run on every view in the {cfg.workers} DataLoader worker(s), ahead of the student"
