@@ -4,7 +4,7 @@ import re
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "pocketnas", "__init__.py"), encoding="utf-8") as f:
+with open(os.path.join(HERE, "pocketnas", "version.py"), encoding="utf-8") as f:
     VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
@@ -20,7 +20,9 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["pocketnas", "pocketnas.*"]),
     package_data={"pocketnas": ["assets/orl/*.txt", "assets/orl/*.ORL", "assets/orl/*.json",
-                                "assets/orl/s*/*.png", "search_spaces/*.yaml"]},
+                                "assets/orl/s*/*.png", "assets/weights/*.pt", "assets/detector/*.pt",
+                                "assets/detector/*.txt", "search_spaces/*.yaml",
+                                "train/*.yaml", "eval/*.yaml"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

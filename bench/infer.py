@@ -2,7 +2,7 @@
 calibrated on the bundled faces), side by side in one run, at 1 and 2 threads.
 
 The ONNX rows: the graph as torch.onnx writes it (PReLU as ONNX ``PRelu``), and as ``pocketnas export`` writes
-it (PReLU as the equal ``max(x, a*x)``, see pocketnas.compress.export.runtime_friendly), float32 and int8.
+it (PReLU as the equal ``max(x, a*x)``, see pocketnas.models.export.runtime_friendly), float32 and int8.
 
     python bench/infer.py [--repeats 50]
 """
@@ -22,7 +22,7 @@ def main() -> None:
 
     import pocketnas
     from pocketnas.compress.deploy import export_checked, face_crops, onnx_file_latency, quantize_int8
-    from pocketnas.compress.export import export_onnx
+    from pocketnas.models.export import export_onnx
     from pocketnas.evaluation.cost import measure_latency
     from pocketnas.models.calibrate import calibrate_batchnorm
 

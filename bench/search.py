@@ -45,8 +45,8 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
 
     from pocketnas.engine.allocator import tune_glibc_malloc
     from pocketnas.nas.architect import Architect
-    from pocketnas.nas.ops import use_torch_kernels
-    from pocketnas.nas.search import SearchModel, search_step
+    from pocketnas.layers.kernels import use_torch_kernels
+    from pocketnas.engine.search import SearchModel, search_step
     from pocketnas.nas.space import load_space
     from pocketnas.nas.supernet import Supernet
 

@@ -40,7 +40,7 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
     from pocketnas.engine.allocator import tune_glibc_malloc
     from pocketnas.engine.teachers import FixedTeacher, TeacherCache, build_fixed_teacher
     from pocketnas.losses import MarginHead, build_distill_loss, build_margin
-    from pocketnas.nas.ops import use_torch_kernels
+    from pocketnas.layers.kernels import use_torch_kernels
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

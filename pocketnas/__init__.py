@@ -5,12 +5,13 @@
     model = pocketnas.create_model("pocketnet_s_128", pretrained="backbone.pth")  # an original release file
     pocketnas.save(model, "model.pt"); model = pocketnas.load("model.pt")          # self-describing checkpoints
 """
-from .evaluation.verification import evaluate_pairs
-from .models.checkpoint import CheckpointError, load, save
-from .nas.genotype import Genotype, GenotypeError, get_genotype
-from .registry import create_model, list_models, model_cfg
+from .metrics.verification import evaluate_pairs
+from .models.checkpoint import CheckpointError, save
+from .models.factory import load
+from .genotype import Genotype, GenotypeError, get_genotype
+from .models import create_model, list_models, model_cfg
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["create_model", "list_models", "model_cfg", "load", "save", "Genotype", "GenotypeError",
            "get_genotype", "CheckpointError", "evaluate_pairs", "__version__"]

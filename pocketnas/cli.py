@@ -18,7 +18,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
     from .evaluation.cost import count_parameters
-    from .registry import create_model, list_models, model_cfg
+    from .models import create_model, list_models, model_cfg
 
     rows = [("name", "family", "emb", "params", "pretrained", "description")]
     for name in list_models(args.pattern):
@@ -39,7 +39,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .evaluation.cost import cost_report, format_cost_table
-    from .models.checkpoint import load_model
+    from .models import load_model
     from .nas.cell_diagram import draw_genotype
 
     model = load_model(args.model, args.arch)
@@ -61,7 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_genotype(args: argparse.Namespace) -> int:
     from .nas.cell_diagram import draw_genotype
-    from .nas.genotype import get_genotype
+    from .genotype import get_genotype
 
     genotype = get_genotype(args.spec).validate()
     print(genotype.to_json() if args.format == "json" else genotype.to_legacy())
@@ -117,7 +117,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .nas.search import search, search_config
+    from .engine.search import search, search_config
 
     extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops,
              "skip_bad": True if args.skip_bad else None}
@@ -164,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .compress import run as crun
-    from .models.checkpoint import load_model
+    from .models import load_model
 
     model = load_model(args.model, args.arch, args.pretrained)
     recipe = crun.checkpoint_recipe(args.model) if args.finetune_epochs else None
@@ -198,7 +198,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .compress import run as crun
-    from .models.checkpoint import load_model
+    from .models import load_model
 
     model = load_model(args.model, args.arch, args.pretrained)
     r = crun.export_model(model, args.format, args.out, args.calib, args.bin, args.int8_mode, args.opset)
@@ -232,6 +232,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import run
     from .evaluation.plots import plot_det, plot_roc
 
+    if args.eval_command is None:
+        if not args.config:
+            raise InputError("pocketnas eval: give --config NAME|FILE --model M, or a command (verify, pairs, ijb, "
+                             "cost, compare)")
+        return _cmd_eval_config(args)
+    if args.config:
+        raise InputError("pocketnas eval: --config goes without a command (pocketnas eval --config NAME --model M)")
+
     if args.eval_command == "compare":
         points = run.compare_results(args.results, args.out, args.set)
         for p in points:
@@ -257,8 +265,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             run.write_json(args.json, {run.META_KEY: {**meta, "cost": cost}})
         return 0
     if args.eval_command == "verify":
+        if args.record_threshold:  # checked before the work: it must be a pocketnas checkpoint
+            from .models.checkpoint import read_checkpoint
+
+            read_checkpoint(args.model)
         results = run.verify_bins(embedder, args.bin, flip=not args.no_flip, batch_size=args.batch_size)
         print(run.format_verify_table(results))
+        if args.record_threshold:
+            from .metrics.verification import verification_record
+            from .models.checkpoint import update_meta
+
+            stem, first = next(iter(results.items()))
+            record = verification_record(stem, first)
+            update_meta(args.model, verification=record)
+            print(f"recorded in {args.model}: cosine threshold {record['cosine_threshold']:.4f} "
+                  f"({stem}, {100 * record['accuracy']:.2f} %)")
         curves = {stem: (r["roc_fpr"], r["roc_tpr"]) for stem, r in results.items()}
     elif args.eval_command == "pairs":
         r = run.verify_folder(embedder, args.folder, args.pairs, args.folds, args.seed, flip=not args.no_flip,
@@ -295,14 +316,88 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = "registry name, pocketnas checkpoint, backbone.pth (with --arch) or .onnx file"
+
+
+def _eval_config_names():
+    from .config import packaged_yaml_names
+
+    return packaged_yaml_names("eval")
+
+
+def _cmd_eval_config(args: argparse.Namespace) -> int:
+    from .evaluation import run
+    from .evaluation.config import load_eval_config, run_eval_config
+    from .models.embedders import load_embedder
+
+    if not args.config_model:
+        raise InputError("pocketnas eval --config needs --model")
+    cfg = load_eval_config(args.config, args.eval_set or [])  # every set checked before the model is loaded
+    embedder = load_embedder(args.config_model, arch=args.config_arch, pretrained=args.config_pretrained,
+                             input_norm=args.config_input_norm)
+    results = run_eval_config(embedder, cfg)
+    print(run.format_verify_table({k: r for k, r in results.items() if "accuracy_mean" in r}))
+    for name, r in results.items():
+        if "tar_at_far" in r:
+            print(f"{name}: AUC {r['auc']:.4f}; TAR at FAR: "
+                  + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))
+    if args.config_json:
+        run.write_json(args.config_json, {**results, run.META_KEY: {"model": embedder.name, "config": args.config,
+                                                                     "input_norm": embedder.input_norm}})
+        print(f"wrote {args.config_json}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="registry name, pocketnas checkpoint, backbone.pth (with --arch) "
-                   "or .onnx file")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--pretrained", help="weights for a registry name")
     p.add_argument("--arch", help="architecture of a bare backbone.pth")
     p.add_argument("--input-norm", choices=["arcface", "raw255"],
                    help="input normalisation of an ONNX model without pocketnas metadata")
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    from .detection import align_folder
+
+    r = align_folder(args.photos, args.out, size=args.size, min_face=args.min_face, overwrite=args.overwrite)
+    print(f"aligned {r['aligned']} of {r['photos']} photos into {args.out} ({len(r['no_face'])} without a face, "
+          f"{len(r['unreadable'])} unreadable, {r['several_faces']} with several faces: the most confident kept)")
+    for rel in r["no_face"][:20]:
+        print(f"  no face: {rel}")
+    if len(r["no_face"]) > 20:
+        print(f"  ... and {len(r['no_face']) - 20} more (align_report.json lists them all)")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation.photos import recorded_threshold, verify_photos
+
+    torch.set_num_threads(args.threads)
+    if args.threshold is not None:
+        threshold, source = args.threshold, "given with --threshold"
+    else:
+        found = recorded_threshold(args.model, args.pretrained)
+        if found is None:
+            raise InputError(f"{args.model} records no verification threshold; pass --threshold COSINE, or record "
+                             f"one: pocketnas eval verify --model {args.model} --bin lfw.bin --record-threshold")
+        threshold, source = found
+    r = verify_photos(_embedder(args), args.a, args.b, threshold, aligned=args.aligned, flip=not args.no_flip)
+    if args.save_faces:
+        from PIL import Image
+
+        os.makedirs(args.save_faces, exist_ok=True)
+        for name, face in zip(("a.png", "b.png"), r["faces"]):
+            Image.fromarray(face.transpose(1, 2, 0)).save(os.path.join(args.save_faces, name))
+    verdict = "the same person" if r["same"] else "different people"
+    print(f"cosine {r['cosine']:.4f}, threshold {threshold:.4f} ({source}): {verdict}")
+    if args.json:
+        from .evaluation.run import write_json
+
+        write_json(args.json, {k: v for k, v in r.items() if k != "faces"} | {"threshold_source": source})
+    return 0
 
 
 def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
@@ -372,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--space", default="pocketnet", help="search-space YAML (or a built-in name: pocketnet, darts)")
     s.add_argument("--data", help="RecordIO pack (folder or .rec) or image folder")
     s.add_argument("--out", required=True)
-    s.add_argument("--config", help="optional YAML of search settings (the space's defaults apply first)")
+    s.add_argument("--config", help="optional YAML of search settings: a file, or a packaged name (e.g. "
+                                    "search_cpu_celeba295); the space's defaults apply first")
     s.add_argument("--budget-params", help="steer the derived final network towards this many parameters, "
                    "e.g. 1.0M")
     s.add_argument("--budget-flops", help="... or towards this many FLOPs, e.g. 600M")
@@ -384,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
-    s.add_argument("--config", help="a recipe from train/ (YAML); --set overrides any value")
+    s.add_argument("--config", help="a recipe: a YAML file, or a packaged name (pocketnas/train/, e.g. "
+                                    "cpu_celeba295); --set overrides any value")
     s.add_argument("--data", help="training data: RecordIO pack (folder or .rec) or image folder")
     s.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt, tb/, log.txt)")
     s.add_argument("--genotype", help="genotype for a PocketNet: name, genotype.json or legacy string")
@@ -401,11 +498,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost")
-    esub = s.add_subparsers(dest="eval_command", required=True)
+    s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost",
+                       description="pocketnas eval --config NAME|FILE --model M: every set of an evaluation "
+                                   "configuration (packaged: " + ", ".join(_eval_config_names()) + "); or one of "
+                                   "the commands below")
+    s.add_argument("--config", help="an evaluation configuration: a YAML file or a packaged name (pocketnas/eval/)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", dest="eval_set",
+                   help="override a value of --config (e.g. root=/data/faces_emore)")
+    s.add_argument("--model", dest="config_model", help="(with --config) " + MODEL_HELP)
+    s.add_argument("--pretrained", dest="config_pretrained", help="(with --config) weights for a registry name")
+    s.add_argument("--arch", dest="config_arch", help="(with --config) architecture of a bare backbone.pth")
+    s.add_argument("--input-norm", dest="config_input_norm", choices=["arcface", "raw255"],
+                   help="(with --config) input normalisation of an ONNX model without pocketnas metadata")
+    s.add_argument("--json", dest="config_json", help="(with --config) write the results as JSON")
+    esub = s.add_subparsers(dest="eval_command")
     e = esub.add_parser("verify", help="insightface 10-fold protocol on .bin sets")
     _add_model_args(e)
     e.add_argument("--bin", action="append", required=True, help="a .bin set (repeatable)")
+    e.add_argument("--record-threshold", action="store_true", help="write the first set's decision threshold into "
+                   "the pocketnas checkpoint given as --model (what pocketnas verify decides with)")
     _add_eval_output_args(e)
     e = esub.add_parser("pairs", help="genuine/impostor pairs of FOLDER/<identity>/<image>: EER, TAR@FAR, accuracy")
     e.add_argument("folder")
@@ -463,6 +574,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--json")
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("align", help="detect and align the faces of ordinary photos onto the ArcFace template")
+    s.add_argument("photos", help="a folder of photos (identity sub-folders are kept)")
+    s.add_argument("out", help="where the aligned faces go (PNG, the same structure) and align_report.json")
+    s.add_argument("--size", type=int, default=112, help="side of the aligned crops (default 112)")
+    s.add_argument("--min-face", type=int, default=20, help="smallest face to find, in pixels (default 20)")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier pocketnas align run in OUT")
+    s.set_defaults(func=_cmd_align)
+
+    s = sub.add_parser("verify", help="are two photos the same person? cosine and decision")
+    s.add_argument("a")
+    s.add_argument("b")
+    _add_model_args(s)
+    s.add_argument("--threshold", type=float, help="cosine threshold (default: the one recorded with the model)")
+    s.add_argument("--aligned", action="store_true", help="the photos are aligned crops already (no detection)")
+    s.add_argument("--no-flip", action="store_true", help="embed the faces only, not also their mirrors")
+    s.add_argument("--save-faces", metavar="DIR", help="write the two aligned faces there (PNG)")
+    s.add_argument("--json")
+    s.set_defaults(func=_cmd_verify)
 
     s = sub.add_parser("demo", help="the main job on the bundled ORL faces")
     s.add_argument("--out", default="pocketnas_demo")

@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 import typing
-from typing import Any, Dict, Iterable, Optional, Type, TypeVar
+from typing import Any, Dict, Iterable, List, Optional, Type, TypeVar
 
 import yaml
 
@@ -107,15 +107,46 @@ def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
     return out
 
 
+def packaged_yaml_dir(kind: str) -> str:
+    """The folder of YAML files of ``kind`` shipped inside the package: ``train`` (training and search recipes),
+    ``eval`` (evaluation sets), ``search_spaces``."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), kind)
+
+
+def packaged_yaml_names(kind: str) -> List[str]:
+    folder = packaged_yaml_dir(kind)
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+
+
+def resolve_yaml(spec: str, kind: Optional[str] = "train") -> str:
+    """``spec`` if it is a file, else the packaged ``kind`` file of that name (``cpu_celeba295`` or
+    ``cpu_celeba295.yaml``, as the package ships it in ``pocketnas/<kind>/``)."""
+    if os.path.isfile(spec):
+        return spec
+    if kind and os.sep not in spec and "/" not in spec:
+        name = spec[:-5] if spec.endswith(".yaml") else spec
+        candidate = os.path.join(packaged_yaml_dir(kind), f"{name}.yaml")
+        if os.path.isfile(candidate):
+            return candidate
+        known = packaged_yaml_names(kind)
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"{spec}: no such configuration file, and no packaged {kind} configuration of that "
+                          f"name{hint} (packaged: {', '.join(known)})")
+    raise ConfigError(f"{spec}: no such configuration file")
+
+
 def load_config(cls: Type[C], path: Optional[str] = None, overrides: Iterable[str] = (),
-                extra: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None) -> C:
-    """``cls`` from ``defaults``, then the YAML file ``path`` (optional), then ``extra`` values (command-line
-    options; None means not given), then ``--set`` overrides: each later source wins."""
+                extra: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None,
+                packaged: Optional[str] = "train") -> C:
+    """``cls`` from ``defaults``, then the YAML file ``path`` (optional: a file, or the name of a configuration
+    shipped in ``pocketnas/<packaged>/``), then ``extra`` values (command-line options; None means not given), then
+    ``--set`` overrides: each later source wins."""
     data: Dict[str, Any] = dict(defaults or {})
+    if path:
+        path = resolve_yaml(path, packaged)
     source = path or "defaults"
     if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"{path}: no such configuration file")
         with open(path, encoding="utf-8") as f:
             try:
                 loaded = yaml.safe_load(f)

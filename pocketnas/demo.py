@@ -21,7 +21,7 @@ from .evaluation.cost import cost_report, format_cost_table
 from .models.calibrate import calibrate_batchnorm
 from .models.checkpoint import save, save_release_state_dict
 from .nas.cell_diagram import draw_genotype
-from .registry import create_model
+from .models import create_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run_demo(out_dir: str, models: Optional[List[str]] = None, calib_images: int
 
 def _run_demo(out_dir: str, models: Optional[List[str]], calib_images: int, threads: int, latency: bool, seed: int,
               pipeline: bool) -> Dict[str, Any]:
-    from . import load
+    from .models import load
 
     torch.manual_seed(seed)
     models = models or POCKETNETS
@@ -119,8 +119,8 @@ def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0) -> Dict[str, Any
     from .evaluation.plots import plot_det, plot_roc
     from .evaluation.run import verify_folder
     from .models.embedders import TorchEmbedder
-    from .nas.search import search, search_config
-    from .registry import create_model as build
+    from .engine.search import search, search_config
+    from .models import create_model as build
 
     views = split_people(out_dir)
     search_dir = os.path.join(out_dir, "search")
@@ -139,7 +139,7 @@ def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0) -> Dict[str, Any
         "log_every": 5, "compile": "false"})
     history = train(cfg, train_dir)
     model_path = os.path.join(train_dir, "model.pt")
-    from . import load
+    from .models import load
 
     trained = TorchEmbedder(load(model_path))
     random_net = build("pocketnet", genotype=genotype_path, channels=8, layers=6, embedding_size=64)

@@ -10,6 +10,7 @@ from pocketnas.data import DataFormatError, read_bin, write_bin
 from pocketnas.data.binfile import read_bin_raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,pairs", [("orl/orl.bin", 600), ("lfw/lfw.bin", 6000)])
 def test_reference_bins_load(shared, name, pairs):
     path = f"{shared}/data/{name}"

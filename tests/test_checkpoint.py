@@ -44,6 +44,7 @@ def test_custom_genotype_is_rebuilt_from_the_checkpoint(tmp_path):
     assert again.genotype == loaded.genotype
 
 
+@pytest.mark.slow
 def test_release_backbone_loads_with_identical_outputs(tmp_path, calibrated_s128):
     model, probe = calibrated_s128
     path = tmp_path / "backbone.pth"
@@ -55,6 +56,7 @@ def test_release_backbone_loads_with_identical_outputs(tmp_path, calibrated_s128
     assert torch.equal(pocketnas.load(str(path), arch="pocketnet_s_128")(probe), model(probe))
 
 
+@pytest.mark.slow
 def test_ddp_prefixed_and_wrapped_state_dicts(tmp_path, calibrated_s128):
     model, probe = calibrated_s128
     torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, tmp_path / "ddp.pth")

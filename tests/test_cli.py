@@ -30,6 +30,7 @@ def test_info_registry_name(tmp_path, capsys):
     assert all(os.path.getsize(p) > 10_000 for p in data["cells"])
 
 
+@pytest.mark.slow
 def test_info_checkpoint_with_latency(tmp_path, capsys):
     pocketnas.save(pocketnas.create_model("pocketnet_s_128"), str(tmp_path / "m.pt"))
     js = tmp_path / "info.json"

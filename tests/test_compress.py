@@ -38,6 +38,7 @@ def trained_tiny(tmp_path_factory):
     return str(run / "model.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("rate", [2, 8, 16])
 def test_each_method_reaches_the_rate(method, rate, s128):
@@ -70,6 +71,7 @@ def test_layerwise_prunes_every_layer_alike_and_global_does_not(s128):
     assert g.std() > 0.05 and abs(sparsity(glob).compression - 4) < 0.04
 
 
+@pytest.mark.slow
 def test_gradient_scores_differ_from_magnitudes(s128):
     import copy
 
@@ -82,6 +84,7 @@ def test_gradient_scores_differ_from_magnitudes(s128):
     assert not torch.equal(ma, mb) and ma.sum() == mb.sum()
 
 
+@pytest.mark.slow
 def test_masks_hold_through_finetuning(tmp_path, trained_tiny):
     from pocketnas.config import config_from_dict
     from pocketnas.engine.train_config import TrainConfig
@@ -145,7 +148,7 @@ def test_init_head_refuses_a_head_of_other_identities(trained_tiny):
 
 
 def test_prelu_export_forms_equal_prelu_for_any_slope():
-    from pocketnas.compress.export import PReLUAsMax, PReLUSplit
+    from pocketnas.models.export import PReLUAsMax, PReLUSplit
 
     prelu = torch.nn.PReLU(6)
     with torch.no_grad():
@@ -163,7 +166,7 @@ def test_prelu_export_forms_equal_prelu_for_any_slope():
 def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
     import onnx
 
-    from pocketnas.compress.export import PReLUAsMax, PReLUSplit, export_onnx, runtime_friendly
+    from pocketnas.models.export import PReLUAsMax, PReLUSplit, export_onnx, runtime_friendly
 
     model = pocketnas.load(trained_tiny)
     prelus = [m for m in model.modules() if isinstance(m, torch.nn.PReLU)]
@@ -181,6 +184,7 @@ def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
     assert "PRelu" in {n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node}
 
 
+@pytest.mark.slow
 def test_int8_export_and_report(tmp_path, trained_tiny, shared, capsys):
     js = tmp_path / "r.json"
     assert main(["export", "--model", trained_tiny, "--format", "onnx-int8", "--out", str(tmp_path / "m.int8.onnx"),
@@ -194,6 +198,7 @@ def test_int8_export_and_report(tmp_path, trained_tiny, shared, capsys):
     assert main(["export", "--model", trained_tiny, "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 0
 
 
+@pytest.mark.slow
 def test_prune_command_and_sweep(tmp_path, trained_tiny, shared, capsys):
     assert main(["prune", "--model", trained_tiny, "--method", "layer_grad", "--rate", "4", "--data", orl_root(),
                  "--out", str(tmp_path / "one"), "--finetune-epochs", "1", "--bin", f"{shared}/data/orl/orl.bin",

@@ -1,9 +1,11 @@
+import pytest
 import json
 import os
 
 from pocketnas.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_on_bundled_faces(tmp_path, capsys):
     result = run_demo(str(tmp_path), models=["pocketnet_s_128", "pocketnet_m_256"], latency=False, pipeline=False)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -17,6 +19,7 @@ def test_demo_on_bundled_faces(tmp_path, capsys):
     assert "reloaded bit-identically" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_search_train_evaluate_pipeline(tmp_path, capsys):
     from pocketnas.demo import run_pipeline
 

@@ -110,6 +110,7 @@ def test_live_teacher_in_workers_sees_the_students_pixels(small_teacher):
     assert batches == 3
 
 
+@pytest.mark.slow
 def test_consistent_views_run_with_a_live_teacher_and_resume_exactly(tmp_path, small_teacher):
     kw = dict(kd="embedding,rkd", teacher=small_teacher, augment=True, workers=2, epochs=2, batch_size=8,
               lr_reference_batch=8, max_batches_per_epoch=2)
@@ -230,7 +231,7 @@ def test_pretrained_true_checks_the_sha256(tmp_path, monkeypatch):
     import dataclasses
 
     import pocketnas
-    from pocketnas import registry
+    from pocketnas.models import registry
     from pocketnas.models.checkpoint import CheckpointError, file_digest
 
     model = pocketnas.create_model("pocketnet_s_128").eval()

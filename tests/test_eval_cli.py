@@ -24,6 +24,7 @@ def tiny_model(tmp_path_factory, orl_faces):
     return str(path)
 
 
+@pytest.mark.slow
 def test_verify_json_schema(tmp_path, tiny_model, shared):
     js = tmp_path / "r.json"
     assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--threads", "2",
@@ -44,7 +45,7 @@ def test_onnx_model_needs_its_normalisation(tmp_path, capsys, shared):
 
 
 def test_exported_onnx_declares_normalisation(tmp_path, tiny_model, orl_faces):
-    from pocketnas.compress.export import export_onnx
+    from pocketnas.models.export import export_onnx
     from pocketnas.models.embedders import OnnxEmbedder, TorchEmbedder
 
     model = pocketnas.load(tiny_model)
@@ -69,6 +70,7 @@ def test_pairs_on_a_folder(tmp_path, tiny_model, capsys):
     assert 0 <= r["eer"] <= 0.5
 
 
+@pytest.mark.slow
 def test_cost_command(tmp_path, capsys):
     js = tmp_path / "c.json"
     assert main(["eval", "cost", "--model", "pocketnet_s_128", "--threads", "1", "--json", str(js)]) == 0
@@ -79,6 +81,7 @@ def test_cost_command(tmp_path, capsys):
     assert "ORT ms (b1)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_plot(tmp_path, tiny_model, shared, capsys):
     small = tmp_path / "small.json"
     assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--no-flip",
@@ -89,3 +92,30 @@ def test_compare_plot(tmp_path, tiny_model, shared, capsys):
     out = tmp_path / "tradeoff.png"
     assert main(["eval", "compare", str(small), str(tmp_path / "big.json"), "--out", str(out)]) == 0
     assert os.path.getsize(out) > 10_000 and "bigger: orl" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_config_runs_every_set_it_names(tmp_path, tiny_model, shared, capsys):
+    from pocketnas.evaluation.config import load_eval_config
+
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(f"root: {shared}/data\nbins: [orl/orl.bin, orl/orl.bin]\nflip: false\n")
+    js = tmp_path / "r.json"
+    assert main(["eval", "--config", str(cfg), "--model", tiny_model, "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert VERIFY_KEYS <= set(data["orl"]) and data["orl"]["flip"] is False and data["orl"]["pairs"] == 600
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--no-flip",
+                 "--no-cost", "--json", str(tmp_path / "d.json")]) == 0
+    direct = json.loads((tmp_path / "d.json").read_text())
+    assert data["orl"]["accuracy_mean"] == direct["orl"]["accuracy_mean"]
+    # the packaged configurations load by name; a set that is not there is named before the model is loaded
+    assert load_eval_config("shared", [f"root={shared}/data"]).bin_paths()[0].endswith("lfw/lfw.bin")
+    capsys.readouterr()
+    assert main(["eval", "--config", "lfw_family", "--model", "no_such_model.pt", "--set",
+                 f"root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"missing {tmp_path}/lfw.bin, {tmp_path}/cfp_fp.bin" in err and "--set root=FOLDER" in err
+    assert main(["eval", "--config", "lfw_famly", "--model", tiny_model]) == 2
+    assert "did you mean lfw_family" in capsys.readouterr().err
+    assert main(["eval", "--config", "ijb", "--model", tiny_model, "--set", "fars=[2.0]"]) == 2
+    assert "every FAR must lie in (0, 1)" in capsys.readouterr().err

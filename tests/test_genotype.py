@@ -4,7 +4,7 @@ import os
 import pytest
 
 from pocketnas import Genotype, GenotypeError, get_genotype
-from pocketnas.nas.genotype import PUBLISHED
+from pocketnas.genotype import PUBLISHED
 
 CASIA_LEGACY = ("Genotype(normal=[[('dw_conv_3x3', 0), ('dw_conv_1x1', 1)], [('dw_conv_3x3', 2), "
                 "('dw_conv_5x5', 0)], [('dw_conv_3x3', 3), ('dw_conv_3x3', 0)], [('dw_conv_3x3', 4), "

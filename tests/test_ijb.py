@@ -8,7 +8,7 @@ from PIL import Image
 
 import pocketnas
 from pocketnas.data import FolderDataset, orl_root
-from pocketnas.evaluation.align import ARCFACE_TEMPLATE, align_face, similarity_transform
+from pocketnas.data.align import ARCFACE_TEMPLATE, align_face, similarity_transform
 from pocketnas.evaluation.ijb import evaluate_ijb, read_protocol
 from pocketnas.models.calibrate import calibrate_batchnorm
 from pocketnas.models.embedders import TorchEmbedder, embed_images
@@ -73,6 +73,7 @@ def test_alignment_of_loose_crops_gives_back_the_faces(ijb_root):
     assert np.array_equal(aligned, ds.read_uint8(0))
 
 
+@pytest.mark.slow
 def test_ijb_pipeline_matches_a_direct_computation(ijb_root, orl_faces):
     root, originals = ijb_root
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import torch
 
 import pocketnas
 from pocketnas.evaluation.cost import count_flops, count_parameters
-from pocketnas.nas.ops import FactorizedReduce
+from pocketnas.layers import FactorizedReduce
 
 POCKETNETS = {
     "pocketnet_s_128": (925_632, 587.11),
@@ -117,7 +117,7 @@ def test_factorized_reduce_matches_original_on_even_maps_and_handles_odd():
 
 
 def test_darts_operations_build_a_network():
-    from pocketnas.nas.genotype import Genotype
+    from pocketnas.genotype import Genotype
 
     g = Genotype(normal=[[("sep_conv_3x3", 0), ("dil_conv_5x5", 1)], [("skip_connect", 0), ("avg_pool_3x3", 2)]],
                  normal_concat=[2, 3],
@@ -133,7 +133,7 @@ def test_prelu_fast_backward_equals_torch(shape, n):
     """pocketnas's PReLU (the cells' activation) against torch's: the same output and input gradient bit for bit,
     the slope gradient up to summation order, at zero inputs too (torch's convention: slope there), channels_last
     included; twice differentiable; torch's operation when no gradient is asked for."""
-    from pocketnas.nas.ops import PReLU, _PReLUFunction, use_torch_kernels
+    from pocketnas.layers.kernels import PReLU, _PReLUFunction, own_kernels, set_own_kernels
 
     torch.manual_seed(0)
     ours, ref = PReLU(n), torch.nn.PReLU(n)
@@ -159,9 +159,17 @@ def test_prelu_fast_backward_equals_torch(shape, n):
     assert torch.autograd.gradgradcheck(_PReLUFunction.apply, (xd, wd))
     net = torch.nn.Sequential(PReLU(n), torch.nn.Sequential(PReLU(n)))
     keys = list(net.state_dict())
-    use_torch_kernels(net)
-    assert [type(m) for m in net.modules()][1:] == [torch.nn.PReLU, torch.nn.Sequential, torch.nn.PReLU]
+    set_own_kernels(net, False)  # the one switch: torch's operation, the same module and keys
     assert list(net.state_dict()) == keys
+    with torch.no_grad():
+        net[0].weight.copy_(ref.weight)
+    xc = x.clone().requires_grad_()
+    net[0](xc).backward(g)
+    assert torch.equal(xc.grad, xb.grad)
+    assert "PReLUFunction" not in type(net[0](xc).grad_fn).__name__
+    with own_kernels(False):  # decided when a module is built
+        assert not PReLU(n).own_kernel
+    assert PReLU(n).own_kernel
 
 
 @pytest.mark.parametrize("kernel,stride,dilation", [(5, 1, 1), (7, 1, 1), (7, 2, 1), (5, 2, 1), (3, 1, 2),
@@ -171,7 +179,7 @@ def test_depthwise_conv_weight_gradient_equals_torch(kernel, stride, dilation, c
     """pocketnas's depthwise convolution against torch's: the same output and input gradient bit for bit, the
     weight gradient (computed as a convolution of its own past 3x3) equal up to summation order; the same
     state-dict key; twice differentiable; torch's operation for 3x3 and when the weight needs no gradient."""
-    from pocketnas.nas.ops import DepthwiseConv2d, _DepthwiseConvFunction
+    from pocketnas.layers.kernels import DepthwiseConv2d, _DepthwiseConvFunction
 
     torch.manual_seed(kernel * 10 + stride)
     padding = dilation * (kernel // 2)
@@ -205,7 +213,7 @@ def test_average_pool_as_convolution_equals_torch(count_include_pad):
     """pocketnas's average pool (a constant-kernel depthwise convolution on large channels-last maps) against
     torch's: the same output and input gradient up to float rounding, channels-last kept, map sizes changing
     between calls (the window counts follow); torch's own operation on small maps, strides above 1 and NCHW."""
-    from pocketnas.nas.ops import AvgPool2d
+    from pocketnas.layers.kernels import AvgPool2d
 
     torch.manual_seed(0)
     ours = AvgPool2d(3, 1, 1, count_include_pad=count_include_pad)
@@ -230,18 +238,18 @@ def test_own_cpu_kernels_step_aside_during_onnx_export(tmp_path):
     """The export check pocketnas's own kernels make (flags imported once) says what torch's own function says,
     inside an ONNX export and outside it."""
     pytest.importorskip("onnx")
-    from pocketnas.nas.ops import _eager_cpu, _in_onnx_export
+    from pocketnas.layers.kernels import eager_cpu, in_onnx_export
 
     seen = []
 
     class Probe(torch.nn.Module):
         def forward(self, x):
-            seen.append((_in_onnx_export(), torch.onnx.is_in_onnx_export(), _eager_cpu(x)))
+            seen.append((in_onnx_export(), torch.onnx.is_in_onnx_export(), eager_cpu(x)))
             return x * 2
 
     torch.onnx.export(Probe(), (torch.randn(1, 3),), str(tmp_path / "probe.onnx"), dynamo=False)
     assert seen and all(ours and theirs and not eager for ours, theirs, eager in seen)
-    assert _in_onnx_export() is False and torch.onnx.is_in_onnx_export() is False and _eager_cpu(torch.ones(1))
+    assert in_onnx_export() is False and torch.onnx.is_in_onnx_export() is False and eager_cpu(torch.ones(1))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -249,7 +257,7 @@ def test_narrow_channels_last_batchnorm_equals_torch(momentum):
     """The search operations' BatchNorm against torch's on narrow channels-last maps (its own path) and on the
     others (torch's): the same output, input gradient and running statistics over several steps, then the same
     inference output; the state-dict keys are torch's; a second derivative through its own path is refused."""
-    from pocketnas.nas.ops import BatchNorm2d
+    from pocketnas.layers.kernels import BatchNorm2d
 
     torch.manual_seed(0)
     for channels, channels_last, own_path in [(8, True, True), (8, False, False), (16, True, False)]:

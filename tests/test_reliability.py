@@ -44,8 +44,9 @@ def test_case01_second_run_into_a_finished_run_is_refused(tmp_path):
         train(tiny(epochs=1), run, resume=True, overwrite=True)
 
 
+@pytest.mark.slow
 def test_case01_search_is_protected_too(tmp_path):
-    from pocketnas.nas.search import search
+    from pocketnas.engine.search import search
     from test_search import tiny as tiny_search
 
     run = str(tmp_path / "s")
@@ -169,6 +170,7 @@ def _nan_checkpoint(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_case04_nan_embeddings_are_refused_not_scored(tmp_path, shared, capsys):
     from pocketnas import evaluate_pairs
 
@@ -245,7 +247,7 @@ def test_case06_empty_index_is_rebuilt(tmp_path, shared, caplog):
 # ----------------------------------------------------------------------------- 7. one identity
 def test_case07_a_margin_loss_needs_two_identities(tmp_path):
     from pocketnas.config import ConfigError
-    from pocketnas.nas.search import search
+    from pocketnas.engine.search import search
     from test_search import tiny as tiny_search
 
     one = tmp_path / "one"
@@ -304,6 +306,7 @@ def test_case08_empty_png_and_missing_val_bin_found_up_front(tmp_path):
                  "--set", "model_kwargs={channels: 4, layers: 3, embedding_size: 16}", "--set", "workers=0"]) == 0
 
 
+@pytest.mark.slow
 def test_case08_worker_errors_keep_their_message(tmp_path, shared):
     """A record that only decoding finds damaged fails inside a DataLoader worker: the error that reaches the
     user is pocketnas's message, not 'Caught DataFormatError in DataLoader worker process 0 ...'."""
@@ -382,9 +385,10 @@ def test_case11_bad_values_refused_before_the_run_folder_exists(tmp_path, capsys
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_case11_numbers_as_people_write_them():
     from pocketnas.config import ConfigError
-    from pocketnas.nas.search import search_config
+    from pocketnas.engine.search import search_config
 
     assert tiny(lr=1e-3).lr == 0.001
     from pocketnas.config import load_config

@@ -8,7 +8,7 @@ import torch
 
 import pocketnas
 from pocketnas.cli import main
-from pocketnas.config import ConfigError, config_from_dict, load_config
+from pocketnas.config import ConfigError, config_from_dict, load_config, packaged_yaml_dir
 from pocketnas.data import orl_root
 from pocketnas.engine.train_config import TrainConfig
 from pocketnas.engine.trainer import train
@@ -41,9 +41,9 @@ def tiny_teacher(tmp_path_factory):
     return run
 
 
-def test_run_writes_everything(tmp_path):
-    history = train(tiny(val_bins=[os.path.join(os.path.dirname(REPO), "shared", "data", "orl", "orl.bin")]),
-                    str(tmp_path))
+@pytest.mark.slow
+def test_run_writes_everything(tmp_path, shared):
+    history = train(tiny(val_bins=[os.path.join(shared, "data", "orl", "orl.bin")]), str(tmp_path))
     for f in ("checkpoint.pt", "model.pt", "log.txt", "config.yaml"):
         assert (tmp_path / f).exists(), f
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
@@ -57,6 +57,7 @@ def test_run_writes_everything(tmp_path):
     assert state["epoch"] == 2 and state["step"] == 6 and "optimizer" in state and "rng" in state
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path, tiny_teacher):
     kd = dict(kd="embedding", teacher=os.path.join(tiny_teacher, "model.pt"), kd_weight=10.0)
     full = str(tmp_path / "full")
@@ -108,6 +109,7 @@ def test_onnx_teacher_uses_its_own_normalisation(tmp_path, shared):
         assert np.allclose(values[index, flipped], direct, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_multistep_kd_follows_the_teacher_epochs(tmp_path, tiny_teacher):
     assert os.path.isfile(os.path.join(tiny_teacher, "epochs", "epoch_001.pt"))
     run = tmp_path / "student"
@@ -147,28 +149,33 @@ def test_config_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("- a list\n")
     with pytest.raises(ConfigError, match="bad.yaml: expected a mapping"):
         load_config(TrainConfig, str(tmp_path / "bad.yaml"))
-    cfg = load_config(TrainConfig, os.path.join(REPO, "train", "tiny_orl.yaml"), ["epochs=7", "milestones=[2, 5]"])
+    cfg = load_config(TrainConfig, os.path.join(packaged_yaml_dir("train"), "tiny_orl.yaml"), ["epochs=7",
+                                                                                             "milestones=[2, 5]"])
     assert cfg.epochs == 7 and cfg.milestones == [2, 5]
+    assert load_config(TrainConfig, "tiny_orl").epochs == load_config(TrainConfig, "tiny_orl.yaml").epochs  # by name
+    with pytest.raises(ConfigError, match="no packaged train configuration of that name; did you mean tiny_orl"):
+        load_config(TrainConfig, "tiny_orll")
 
 
-@pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(os.path.join(REPO, "train")) if f.endswith(".yaml")))
+@pytest.mark.parametrize("recipe", sorted(f for f in os.listdir(packaged_yaml_dir("train")) if f.endswith(".yaml")))
 def test_every_recipe_is_valid(recipe):
     if recipe.startswith("search_"):
-        from pocketnas.nas.search import search_config
+        from pocketnas.engine.search import search_config
 
-        assert search_config("pocketnet", os.path.join(REPO, "train", recipe)).epochs >= 1
+        assert search_config("pocketnet", os.path.join(packaged_yaml_dir("train"), recipe)).epochs >= 1
         return
-    cfg = load_config(TrainConfig, os.path.join(REPO, "train", recipe))
+    cfg = load_config(TrainConfig, os.path.join(packaged_yaml_dir("train"), recipe))
     assert cfg.epochs >= 1
 
 
+@pytest.mark.slow
 def test_train_command(tmp_path, capsys):
-    assert main(["train", "--config", os.path.join(REPO, "train", "tiny_orl.yaml"), "--data", orl_root(),
+    assert main(["train", "--config", "tiny_orl", "--data", orl_root(),
                  "--out", str(tmp_path), "--set", "epochs=1", "--set", "max_batches_per_epoch=2"]) == 0
     assert "trained pocketnet for 1 epochs" in capsys.readouterr().out
     # a resume needs nothing but the run folder: the checkpoint's own configuration is the base
-    assert main(["train", "--config", os.path.join(REPO, "train", "tiny_orl.yaml"), "--data", orl_root(),
-                 "--out", str(tmp_path / "r"), "--set", "epochs=2", "--set", "max_batches_per_epoch=2",
+    assert main(["train", "--config", os.path.join(packaged_yaml_dir("train"), "tiny_orl.yaml"), "--data",
+                 orl_root(), "--out", str(tmp_path / "r"), "--set", "epochs=2", "--set", "max_batches_per_epoch=2",
                  "--set", "stop_after_steps=3"]) == 0
     assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--set", "stop_after_steps=0"]) == 0
     assert "resumed at epoch 2, batch 1 (global step 3)" in (tmp_path / "r" / "log.txt").read_text()
@@ -176,6 +183,8 @@ def test_train_command(tmp_path, capsys):
     assert "unknown key 'epochz'; did you mean epochs" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_gloo_run(tmp_path):
     cfg = tmp_path / "ddp.yaml"
     import yaml

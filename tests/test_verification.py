@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import pocketnas
-from pocketnas.evaluation.biometric import auc, eer, roc_curve, tar_at_far
-from pocketnas.evaluation.verification import THRESHOLDS, VAL_THRESHOLDS, evaluate_pairs, kfold_indices
+from pocketnas.metrics.biometric import auc, eer, roc_curve, tar_at_far
+from pocketnas.metrics.verification import THRESHOLDS, VAL_THRESHOLDS, evaluate_pairs, kfold_indices
 
 
 def _pairs_from_distances(dist):
@@ -136,6 +136,7 @@ def test_roc_and_tar_at_far_small_case():
     assert tar_at_far(fpr, tpr, [0.3])["3e-01"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_sface_on_orl_pairs(shared):
     """A real, trained face embedder on real faces: the data README's figure (99.8 %)."""
     from pocketnas.evaluation.run import verify_bins
@@ -146,6 +147,7 @@ def test_sface_on_orl_pairs(shared):
     assert r["accuracy_mean"] >= 0.995 and r["auc"] > 0.999
 
 
+@pytest.mark.slow
 def test_verification_report_matches_the_two_protocol_runs(shared):
     from pocketnas.evaluation.run import verification_report, verify_bins
     from pocketnas.models.calibrate import calibrate_batchnorm

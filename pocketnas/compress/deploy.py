@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..data.transforms import normalize
 from ..errors import InputError, PocketnasError
 from ..onnx_runtime import cpu_session
-from .export import export_onnx
+from ..models.export import export_onnx
 
 logger = logging.getLogger(__name__)
 

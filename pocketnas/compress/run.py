@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import normalize
-from ..models.checkpoint import load, save
+from ..models.checkpoint import save
+from ..models.factory import load
 from ..models.embedders import TorchEmbedder
 from .prune import gradient_scores, make_permanent, prune_model, sparsity
 

@@ -9,6 +9,9 @@ from typing import Any, Optional, Tuple
 from ..config import config_to_yaml
 
 
+DETAIL = "pocketnas.detail"  # messages for a run's log.txt only (e.g. every alpha of every edge)
+
+
 def open_run_log(out_dir: str, config: Any) -> Tuple[Any, logging.Handler]:
     os.makedirs(out_dir, exist_ok=True)
     handler = logging.FileHandler(os.path.join(out_dir, "log.txt"))
@@ -17,6 +20,10 @@ def open_run_log(out_dir: str, config: Any) -> Tuple[Any, logging.Handler]:
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    detail = logging.getLogger(DETAIL)  # the run's log keeps it; the console does not (it does not propagate)
+    detail.propagate = False
+    detail.setLevel(logging.INFO)
+    detail.addHandler(handler)
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(os.path.join(out_dir, "tb"))
@@ -30,6 +37,7 @@ def close_run_log(tb: Optional[Any], handler: Optional[logging.Handler]) -> None
         tb.close()
     if handler is not None:
         logging.getLogger("pocketnas").removeHandler(handler)
+        logging.getLogger(DETAIL).removeHandler(handler)
         handler.close()
 
 

@@ -196,7 +196,7 @@ class MultiStepTeacher:
     def set_epoch(self, epoch: int) -> None:
         """``epoch`` counts from 0 here (the trainer's loop index): teacher file epoch + 1."""
         if epoch != self.epoch:
-            from ..models.checkpoint import load
+            from ..models import load
 
             path = self.paths[epoch]
             self.current = FixedTeacher(TorchEmbedder(load(path), name=os.path.basename(path), device=self.device))

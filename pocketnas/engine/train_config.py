@@ -85,7 +85,7 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         from ..losses.margins import MARGINS
-        from ..registry import is_model
+        from ..models import is_model
 
         if not is_model(self.arch):
             raise ConfigError(f"{source}: arch {self.arch!r} is not a registered model (see `pocketnas models`)")
@@ -141,7 +141,7 @@ class TrainConfig:
         error now, before a run folder is touched."""
         import torch
 
-        from ..registry import create_model
+        from ..models import create_model
 
         try:
             with torch.device("meta"):

@@ -26,10 +26,11 @@ from ..data.transforms import fit_size, normalize
 from ..losses.distill import DISTILL_LOSSES
 from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
+from ..metrics.verification import verification_record
 from ..models.checkpoint import atomic_torch_save, read_state, save
 from ..models.embedders import TorchEmbedder
+from ..models import create_model
 from ..models.features import FeatureTap, feature_channels
-from ..registry import create_model
 from . import distributed as dist_utils
 from .allocator import tune_glibc_malloc
 from .run import Run, run_to_end
@@ -37,6 +38,7 @@ from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_da
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
                        hint_layers_of, shared_cache_folder)
 from .train_config import TrainConfig, recipe_of
+from .validation import verify_bins
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ class Trainer(Run):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.resume_state: Optional[Dict[str, Any]] = None
+        self.verification: Optional[Dict[str, Any]] = None  # of the last verification on the first val_bins set
         ckpt_path = os.path.join(out_dir, "checkpoint.pt")
         if resume:
             if not os.path.isfile(ckpt_path):
@@ -382,8 +385,11 @@ class Trainer(Run):
             training = {"data": os.path.basename(os.path.normpath(cfg.data)), "epochs": cfg.epochs,
                         "kd": cfg.kd, "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
                         "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight}
-            save(self.backbone, path, meta={"epoch": self.epoch, "step": self.step, "arch": cfg.arch,
-                                            "recipe": recipe_of(cfg), "training": training})
+            meta = {"epoch": self.epoch, "step": self.step, "arch": cfg.arch, "recipe": recipe_of(cfg),
+                    "training": training}
+            if self.verification is not None:  # the threshold `pocketnas verify` decides with
+                meta["verification"] = self.verification
+            save(self.backbone, path, meta=meta)
 
     # ------------------------------------------------------------------ the loop
     def _teacher_outputs(self, images_u8, index, view, live):
@@ -488,6 +494,8 @@ class Trainer(Run):
                     self.save_backbone(epoch_checkpoint(self.out_dir, finished))
                 if cfg.val_bins and (finished % cfg.val_every_epochs == 0 or finished == cfg.epochs):
                     history["verification"][finished] = self.verify()
+                    if self.verification is not None:
+                        self.save_backbone(os.path.join(self.out_dir, "model.pt"))  # with its threshold
                 dist_utils.barrier(env)
         finally:
             if self.tb is not None:
@@ -499,8 +507,6 @@ class Trainer(Run):
         """Verification accuracy on the configured .bin sets (rank 0), logged to TensorBoard."""
         if not self.env.is_main:
             return {}
-        from ..evaluation.run import verify_bins
-
         self.backbone.eval()
         try:
             results = verify_bins(TorchEmbedder(self.backbone, device=self.env.device), self.cfg.val_bins,
@@ -508,6 +514,9 @@ class Trainer(Run):
         finally:
             self.backbone.train()
         out = {}
+        if results:
+            stem, first = next(iter(results.items()))
+            self.verification = {**verification_record(stem, first), "epoch": self.epoch}
         for stem, r in results.items():
             out[stem] = r["accuracy_mean"]
             self.tb.add_scalar(f"verification/{stem}", r["accuracy_mean"], self.epoch)

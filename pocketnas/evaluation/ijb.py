@@ -15,13 +15,13 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.align import align_face
 from ..errors import InputError
-from .align import align_face
-from .biometric import summarize_scores
+from ..metrics.biometric import summarize_scores
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def pair_scores(template_feats: np.ndarray, unique: np.ndarray, pairs: np.ndarra
 
 
 def evaluate_ijb(embed_fn, root: str, target: str = "IJBC", size: int = 112, batch_size: int = 64,
-                 flip: bool = True, detector_weight: bool = True, progress: bool = True) -> Dict[str, Any]:
+                 flip: bool = True, detector_weight: bool = True, progress: bool = True,
+                 fars: Optional[Sequence[float]] = None) -> Dict[str, Any]:
     """Run the whole 1:1 protocol; ``embed_fn(uint8 images, flip) -> N x D`` (un-normalised) embeddings."""
     protocol = read_protocol(root, target)
     aligned = load_aligned(protocol, size, progress=progress)
@@ -129,6 +130,6 @@ def evaluate_ijb(embed_fn, root: str, target: str = "IJBC", size: int = 112, bat
         feats = feats * protocol.scores[:, None]
     tfeats, unique = template_features(feats, protocol.templates, protocol.medias)
     scores = pair_scores(tfeats, unique, protocol.pairs)
-    summary = summarize_scores(scores, protocol.labels == 1)
+    summary = summarize_scores(scores, protocol.labels == 1, *([fars] if fars else []))
     summary.update(images=int(len(aligned)), templates=int(len(unique)), scores=scores)
     return summary

@@ -9,10 +9,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..engine.validation import verify_bins  # noqa: F401  (part of this module's interface)
 from ..errors import InputError
 from ..models.embedders import Embedder, OnnxEmbedder, TorchEmbedder, embed_images
-from .biometric import roc_curve, tar_at_far
-from .verification import evaluate_pairs, pair_distances
+from ..metrics.biometric import roc_curve, tar_at_far
+from ..metrics.verification import evaluate_pairs, pair_distances
 
 logger = logging.getLogger(__name__)
 
@@ -53,25 +54,6 @@ def onnx_file_cost(path: str, threads: int = 2, latency: bool = True) -> Dict[st
             out["onnx_throughput_ips"] = 32 / _median_seconds(lambda: session.run(None, {inp.name: xb}), 1, 3)
         out["threads"] = threads
     return out
-
-
-def verify_bins(embedder: Embedder, bins: Sequence[str], flip: bool = True, batch_size: int = 64,
-                progress: bool = True) -> Dict[str, Dict[str, Any]]:
-    """insightface's 10-fold protocol on each ``.bin``; results keyed by file stem (``lfw``, ``cfp_fp`` ...)."""
-    from ..data.binfile import read_bin
-
-    results: Dict[str, Dict[str, Any]] = {}
-    for path in bins:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        t0 = time.perf_counter()
-        images, issame = read_bin(path, size=embedder.input_size, progress=progress)
-        emb = embed_images(embedder, images, batch_size, flip=flip, progress=progress, desc=f"embedding {stem}")
-        result = evaluate_pairs(emb, issame)
-        result.update(seconds=time.perf_counter() - t0, flip=flip, path=path)
-        results[stem] = result
-        logger.info("%s: %.2f%% +- %.2f (%d pairs, %.1f s)", stem, 100 * result["accuracy_mean"],
-                    100 * result["accuracy_std"], result["pairs"], result["seconds"])
-    return results
 
 
 def verification_report(embedder: Embedder, path: str, teacher: Optional[Embedder] = None, batch_size: int = 64,

@@ -10,8 +10,8 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from ..nas.genotype import Genotype
-from ..nas.ops import make_op, preprocess_op
+from ..genotype import Genotype
+from ..layers import make_op, preprocess_op
 from .se import SqueezeExcite
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import PocketnasError
-from ..nas.genotype import Genotype
+from ..genotype import Genotype
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def plain_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Save ``model`` as a self-describing pocketnas checkpoint (atomically); returns the record written."""
-    from .. import __version__
+    from ..version import __version__
 
     state = plain_state_dict(model)
     record = {
@@ -138,6 +138,15 @@ def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None) -> 
     }
     atomic_torch_save(record, path)
     return record
+
+
+def update_meta(path: str, **values: Any) -> Dict[str, Any]:
+    """Add or replace entries of a pocketnas checkpoint's ``meta`` (e.g. the verification threshold chosen on LFW),
+    rewriting the file atomically; the weights and their sha256 are untouched. Returns the new meta."""
+    record = read_checkpoint(path)
+    record["meta"] = {**record.get("meta", {}), **values}
+    atomic_torch_save(record, path)
+    return record["meta"]
 
 
 def save_release_state_dict(model: nn.Module, path: str) -> None:
@@ -263,81 +272,6 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
         arch = getattr(model, "pocketnas_arch", type(model).__name__)
         raise CheckpointError(f"{source} does not fit {arch}: {problem}")
     model.load_state_dict(state, strict=True)
-
-
-def matching_architectures(state: Mapping[str, torch.Tensor]) -> List[str]:
-    """Registered models whose default build has exactly these keys and shapes (built on the meta device)."""
-    from ..registry import create_model, list_models, model_cfg
-
-    found = []
-    for name in list_models():
-        if "generic" in model_cfg(name).tags:
-            continue
-        with torch.device("meta"):
-            try:
-                model = create_model(name)
-            except Exception:  # pragma: no cover - a builder that cannot run on meta
-                continue
-        if state_dict_mismatch(model, state) is None:
-            found.append(name)
-    return found
-
-
-def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
-    """Rebuild a model from a pocketnas checkpoint alone, or from a bare state dict given its ``arch``."""
-    from ..registry import create_model
-
-    path = os.fspath(path)
-    obj = _torch_load(path)
-    if is_pocketnas_checkpoint(obj):
-        record = read_checkpoint(path)
-        return create_model(arch or record["arch"], pretrained=path, **overrides).eval()
-    if arch is None:
-        state = _plain_state_dict(obj, path)
-        fits = matching_architectures(state)
-        hint = (f"its keys and shapes fit: {', '.join(fits)}" if fits
-                else "its keys and shapes fit no registered model with default settings")
-        raise CheckpointError(f"{path} is a bare state dict with no architecture recorded ({hint}); load it with "
-                              f"pocketnas.load(path, arch=NAME) or create_model(NAME, pretrained=path); on the "
-                              f"command line, add --arch NAME")
-    return create_model(arch, pretrained=path, **overrides).eval()
-
-
-def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None) -> nn.Module:
-    """A model from a file (pocketnas checkpoint, or a bare state dict with ``arch``) or a registry name (with
-    optional ``pretrained`` weights), in eval mode."""
-    from ..registry import create_model, is_model
-
-    if os.path.exists(spec):
-        return load(spec, arch=arch)
-    if is_model(spec):
-        return create_model(spec, pretrained=pretrained).eval()
-    raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
-
-
-def registered_weights_path(name: str, cfg: Any) -> str:
-    """The local file of a variant's shipped weights (package assets, or the ``POCKETNAS_WEIGHTS`` folder first),
-    after checking its sha256 against the variant's pretrained configuration."""
-    pre = getattr(cfg, "pretrained", None)
-    if pre is None:
-        from ..registry import list_models, model_cfg
-
-        have = [n for n in list_models() if model_cfg(n).pretrained is not None]
-        raise CheckpointError(f"no pretrained weights ship for {name} (models with weights: "
-                              f"{', '.join(have) or 'none'}); pass pretrained=PATH to a pocketnas checkpoint or an "
-                              f"original backbone.pth")
-    folders = [os.environ.get("POCKETNAS_WEIGHTS", ""),
-               os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "weights")]
-    for folder in folders:
-        candidate = os.path.join(folder, pre.file) if folder else ""
-        if candidate and os.path.isfile(candidate):
-            digest = file_digest(candidate)
-            if digest != pre.sha256:
-                raise CheckpointError(f"{candidate}: sha256 {digest} differs from the one registered for {name} "
-                                      f"({pre.sha256}): the file was altered or replaced; refusing to load it "
-                                      f"(reinstall pocketnas to restore it)")
-            return candidate
-    raise CheckpointError(f"weights file {pre.file} for {name} not found in the package or $POCKETNAS_WEIGHTS")
 
 
 def file_digest(path: str) -> str:

@@ -12,6 +12,7 @@ import torch
 
 from ..data.transforms import check_norm, normalize
 from ..errors import InputError
+from ..metrics.verification import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -80,20 +81,11 @@ class OnnxEmbedder(Embedder):
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
 
 
-def check_finite(embeddings: np.ndarray, who: str = "the embeddings") -> None:
-    """Refuse NaN or infinite embeddings: scored, they give chance accuracy with a perfect-looking AUC and EER."""
-    bad = ~np.isfinite(np.asarray(embeddings)).all(axis=-1)
-    if bad.any():
-        raise InputError(f"{who}: {int(bad.sum())} of {len(bad)} embeddings are NaN or infinite (first: row "
-                         f"{int(np.flatnonzero(bad)[0])}); the model is broken (diverged training, uncalibrated "
-                         f"BatchNorm, wrong input normalisation?) and cannot be scored")
-
-
 def load_embedder(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None,
                   input_norm: Optional[str] = None, device: str = "cpu", threads: Optional[int] = None) -> Embedder:
     """A registry name (with ``pretrained``), a pocketnas checkpoint, a bare ``backbone.pth`` (with ``arch``), or an
     ``.onnx`` file (normalisation from its metadata or ``input_norm``)."""
-    from ..models.checkpoint import load_model
+    from .factory import load_model
 
     if str(spec).endswith(".onnx"):
         if not os.path.isfile(spec):

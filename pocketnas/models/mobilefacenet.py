@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..registry import ModelCfg, register_model
+from .registry import ModelCfg, register_model
 
 
 class ConvBlock(nn.Module):

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..nas.genotype import Genotype, get_genotype
-from ..nas.ops import activation
-from ..registry import ModelCfg, register_model
+from ..genotype import Genotype, get_genotype
+from ..layers import activation
+from .registry import ModelCfg, register_model
 from .cells import SearchedCell
 
 PAPER = "Boutros et al., PocketNet, IEEE Access 2022 (arXiv 2108.10710)"

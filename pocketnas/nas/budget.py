@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..evaluation.cost import count_flops, count_parameters
+from ..models.complexity import count_flops, count_parameters
 from ..models.pocketnet import final_map_size, reduction_layers
-from .genotype import Genotype
-from .ops import make_op
+from ..genotype import Genotype
+from ..layers import make_op
 from .space import SearchSpace
 
 
@@ -91,7 +91,7 @@ class CostModel:
 def build_cost_model(space: SearchSpace, metric: str, channels: int, layers: int, input_size: int = 112,
                      embedding_size: int = 128, stem_multiplier: int = 4) -> CostModel:
     """The cost model of a final PocketNet with ``channels`` x ``layers`` cells built from this space."""
-    from ..registry import create_model
+    from ..models import create_model
 
     if metric not in ("params", "flops"):
         raise InputError(f"budget metric must be params or flops, not {metric!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-from .genotype import Genotype
+from ..genotype import Genotype
 
 _COLOURS = {"dw_conv": "#1f77b4", "sep_conv": "#6a3d9a", "dil_conv": "#9467bd", "max_pool": "#2ca02c",
             "avg_pool": "#98df8a", "skip_connect": "#7f7f7f", "none": "#d62728"}

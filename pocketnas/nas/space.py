@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-from .ops import ACTIVATIONS, OPS
+from ..layers import ACTIVATIONS, OPS
 
 REDUCTION_RULES = ("pocketnet",)
 TAILS = ("mobilefacenet",)

@@ -3,7 +3,7 @@ softmax(alpha) (Liu et al., "DARTS: Differentiable Architecture Search", ICLR 20
 fraction 1/k of the channels with edge normalisation (Xu et al., "PC-DARTS: Partial Channel Connections for
 Memory-Efficient Architecture Search", ICLR 2020, eqs. 3-4).
 
-Built from the one operation registry (:mod:`pocketnas.nas.ops`) with non-affine BatchNorm, in PocketNet's frame:
+Built from the one operation registry (:mod:`pocketnas.layers`) with non-affine BatchNorm, in PocketNet's frame:
 stem, reduction cells at n//3, 2n//3, n-1, MobileFaceNet-style tail whose global depthwise kernel follows the final
 map size (so 56x56 or 112x112 crops both work). Network weights and architecture parameters are kept apart:
 :meth:`Supernet.weights` and :meth:`Supernet.alphas`.
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.pocketnet import final_map_size
-from .genotype import Genotype
-from .ops import activation, make_op, preprocess_op
+from ..genotype import Genotype
+from ..layers import activation, make_op, preprocess_op
 from .space import SearchSpace
 
 

@@ -26,21 +26,22 @@ from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError, config_from_dict
 from ..data.transforms import normalize
-from ..engine import distributed as dist_utils
-from ..engine.allocator import tune_glibc_malloc
-from ..engine.run import Run, run_to_end
-from ..engine.sampling import EpochBatchSampler, TrainSamples, open_face_dataset
-from ..engine.trainer import rng_state, set_rng_state
+from ..genotype import Genotype
+from ..layers import use_torch_kernels
 from ..losses.heads import MarginHead
 from ..losses.margins import MARGINS, build_margin
 from ..models.checkpoint import atomic_torch_save, read_state
-from .architect import Architect, frozen
-from .budget import build_cost_model, parse_amount
-from .cell_diagram import draw_genotype
-from .genotype import Genotype
-from .ops import use_torch_kernels
-from .space import load_space
-from .supernet import Supernet, count_skips
+from ..nas.architect import Architect, frozen
+from ..nas.budget import build_cost_model, parse_amount
+from ..nas.cell_diagram import draw_genotype
+from ..nas.space import load_space
+from ..nas.supernet import Supernet, count_skips
+from . import distributed as dist_utils
+from .allocator import tune_glibc_malloc
+from .run import Run, run_to_end
+from .runlog import DETAIL
+from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
+from .trainer import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -449,11 +450,13 @@ class Searcher(Run):
             lines.append(f"  expected {self.cost_model.metric} {record['expected_cost']:,.0f}, derived network "
                          f"{record['derived_cost']:,.0f} (target {self.budget[1]:,.0f})")
         lines.append(f"  genotype: {capped.to_legacy()}")
-        for which in ("normal", "reduce"):
-            lines.append(f"  alphas ({which}), softmax per edge over {', '.join(ops)}:")
-            for e, row in enumerate(probs[which].tolist()):
-                lines.append(f"    edge {e:2d}: " + " ".join(f"{v:.3f}" for v in row))
         logger.info("\n".join(lines))
+        alphas = [f"epoch {self.epoch} alphas:"]
+        for which in ("normal", "reduce"):
+            alphas.append(f"  alphas ({which}), softmax per edge over {', '.join(ops)}:")
+            for e, row in enumerate(probs[which].tolist()):
+                alphas.append(f"    edge {e:2d}: " + " ".join(f"{v:.3f}" for v in row))
+        logging.getLogger(DETAIL).info("\n".join(alphas))  # log.txt only: 2 x 14 lines an epoch
         for k, v in means.items():
             self.tb.add_scalar(f"search/{k}", v, self.epoch)
         self.tb.add_scalar("search/alpha_entropy", entropy, self.epoch)

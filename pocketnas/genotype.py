@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
-from ..errors import PocketnasError
+from .errors import PocketnasError
 
 Edge = Tuple[str, int]
 Node = Tuple[Edge, ...]
@@ -47,7 +47,7 @@ class Genotype:
     def validate(self, ops: Optional[Iterable[str]] = None, inputs_per_node: int = 2) -> "Genotype":
         """Check op names (against ``ops``, default the operation registry), input indices and node arity."""
         if ops is None:
-            from .ops import OPS
+            from .layers.ops import OPS
 
             known = set(OPS.names())
         else:

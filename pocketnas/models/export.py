@@ -59,7 +59,7 @@ def runtime_friendly(model: nn.Module) -> nn.Module:
 
 
 def model_metadata(model: nn.Module, input_norm: Optional[str] = None) -> Dict[str, str]:
-    from .. import __version__
+    from ..version import __version__
 
     cfg = getattr(model, "pocketnas_cfg", None)
     norm = input_norm or getattr(model, "input_norm", None) or (cfg.input_norm if cfg else "arcface")

@@ -57,7 +57,8 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, targets: Iterable[float] = FAR_
     return out
 
 
-def summarize_scores(scores: np.ndarray, genuine: np.ndarray) -> Dict[str, object]:
+def summarize_scores(scores: np.ndarray, genuine: np.ndarray,
+                     fars: Iterable[float] = FAR_TARGETS) -> Dict[str, object]:
     fpr, tpr, _ = roc_curve(scores, genuine)
     return {"pairs": int(len(scores)), "genuine": int(np.sum(genuine)), "auc": auc(fpr, tpr), "eer": eer(fpr, tpr),
-            "tar_at_far": tar_at_far(fpr, tpr), "roc": (fpr, tpr)}
+            "tar_at_far": tar_at_far(fpr, tpr, fars), "roc": (fpr, tpr)}

@@ -16,13 +16,22 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..models.embedders import check_finite
+from ..errors import InputError
 from .biometric import auc as roc_auc
 from .biometric import eer as roc_eer
 from .biometric import roc_curve
 
 THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+
+
+def check_finite(embeddings: np.ndarray, who: str = "the embeddings") -> None:
+    """Refuse NaN or infinite embeddings: scored, they give chance accuracy with a perfect-looking AUC and EER."""
+    bad = ~np.isfinite(np.asarray(embeddings)).all(axis=-1)
+    if bad.any():
+        raise InputError(f"{who}: {int(bad.sum())} of {len(bad)} embeddings are NaN or infinite (first: row "
+                         f"{int(np.flatnonzero(bad)[0])}); the model is broken (diverged training, uncalibrated "
+                         f"BatchNorm, wrong input normalisation?) and cannot be scored")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -128,3 +137,16 @@ def evaluate_pairs(embeddings: np.ndarray, issame: Sequence[bool], folds: int = 
         "roc_fpr": np.mean(fprs, axis=0).tolist(),
         "roc_tpr": np.mean(tprs, axis=0).tolist(),
     }
+
+
+def cosine_threshold(result: Dict[str, Any]) -> float:
+    """The decision threshold of a 10-fold result as a cosine: the folds' chosen thresholds are on the squared L2
+    distance d of unit embeddings, d = 2 - 2 cos, so cos = 1 - mean(d) / 2."""
+    return float(1.0 - np.mean(result["fold_threshold"]) / 2.0)
+
+
+def verification_record(name: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """What a model records of its verification on a set (checkpoint ``meta["verification"]``): the set, its
+    accuracy, the flip rule and the cosine threshold ``pocketnas verify`` decides with."""
+    return {"set": name, "accuracy": float(result["accuracy_mean"]), "flip": bool(result.get("flip", True)),
+            "cosine_threshold": cosine_threshold(result), "pairs": int(result["pairs"])}

@@ -1,0 +1,63 @@
+"""Two photos, one question: the same person? Detect and align each face (:mod:`pocketnas.detection`), embed both
+with the flip test, and compare their cosine with the threshold recorded with the model (chosen on LFW's folds)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..data.transforms import fit_size
+from ..detection import align_photo, read_photo
+from ..errors import InputError
+from ..models.embedders import Embedder, embed_images
+
+
+def recorded_threshold(spec: str, pretrained: Any = None) -> Optional[Tuple[float, str]]:
+    """(cosine threshold, where it comes from) recorded with a model: a pocketnas checkpoint's
+    ``meta["verification"]`` (written by training with ``val_bins`` and by ``pocketnas eval verify
+    --record-threshold``), or a registered variant's shipped weights; None where nothing is recorded."""
+    from ..models import is_model, model_cfg
+    from ..models.checkpoint import CheckpointError, read_checkpoint
+
+    if os.path.isfile(spec) and not spec.endswith(".onnx"):
+        try:
+            meta = read_checkpoint(spec).get("meta", {})
+        except CheckpointError:  # a bare state dict records nothing
+            return None
+        v = meta.get("verification")
+        if v and "cosine_threshold" in v:
+            return float(v["cosine_threshold"]), (f"recorded in {os.path.basename(spec)}: {v['set']}, "
+                                                  f"{100 * v['accuracy']:.2f} % over {v.get('pairs', '?')} pairs")
+        return None
+    if is_model(spec) and pretrained is True:
+        pre = model_cfg(spec).pretrained
+        if pre is not None and pre.threshold is not None:
+            return float(pre.threshold), f"shipped with {spec}'s weights (LFW)"
+    return None
+
+
+def face_of(path: str, size: int, aligned: bool = False) -> Tuple[np.ndarray, int]:
+    """(3 x size x size uint8 aligned face, faces found) of a photo; ``aligned`` photos are only resized."""
+    image = read_photo(path)
+    if aligned:
+        import torch
+
+        chw = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
+        return fit_size(chw, size)[0].round().clamp(0, 255).to(torch.uint8).numpy(), 1
+    face, faces = align_photo(image, size)
+    if face is None:
+        raise InputError(f"{path}: no face found (MTCNN, smallest face 20 px); pass an aligned crop with --aligned")
+    return face, len(faces)
+
+
+def verify_photos(embedder: Embedder, a: str, b: str, threshold: float, aligned: bool = False,
+                  flip: bool = True) -> Dict[str, Any]:
+    """Cosine of the two photos' faces and the decision at ``threshold``."""
+    fa, na = face_of(a, embedder.input_size, aligned)
+    fb, nb = face_of(b, embedder.input_size, aligned)
+    emb = embed_images(embedder, np.stack([fa, fb]), batch_size=2, flip=flip, progress=False)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cosine = float(emb[0] @ emb[1])
+    return {"a": a, "b": b, "cosine": cosine, "threshold": float(threshold), "same": cosine >= threshold,
+            "faces_found": [na, nb], "faces": [fa, fb]}

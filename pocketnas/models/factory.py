@@ -1,0 +1,111 @@
+"""Building models (timm's ``_factory``): :func:`create_model` from the registry, optionally with weights, and
+:func:`load` of a pocketnas checkpoint or an original release ``backbone.pth``."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, List, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from .checkpoint import (CheckpointError, _plain_state_dict, _torch_load, file_digest, is_pocketnas_checkpoint,
+                         read_checkpoint, state_dict_mismatch)
+from .registry import _CFGS, _MODELS, is_model, list_models, model_cfg
+
+logger = logging.getLogger(__name__)
+
+
+def create_model(name: str, pretrained: Any = None, **overrides: Any):
+    """Build registered model ``name``; ``overrides`` change its constructor arguments.
+
+    ``pretrained`` may be a path to a pocketnas checkpoint (its recorded constructor arguments are used unless
+    overridden here), a path to an original release ``backbone.pth`` state dict, or ``True`` for the weights that
+    ship with the package (``model_cfg(name).pretrained``; sha256-checked). Loading never unpickles arbitrary objects (``weights_only=True``), and a
+    checkpoint of another architecture is refused with the missing/unexpected keys or the first shape mismatch.
+    """
+    builder = _MODELS.get(name)
+    cfg = _CFGS[name]
+    state = None
+    if pretrained is True:
+        pretrained = registered_weights_path(name, cfg)
+    if pretrained:
+        state, recorded = ckpt.read_weights(pretrained, expect_arch=name)
+        overrides = {**recorded, **overrides}
+    model = builder(**ckpt.builder_kwargs(overrides))
+    record = getattr(model, "recorded_kwargs", None)  # a model may resolve names (e.g. a genotype) to values
+    model.pocketnas_arch = name
+    model.pocketnas_kwargs = ckpt.jsonable_kwargs(record(overrides) if record else overrides)
+    model.pocketnas_cfg = cfg
+    if state is not None:
+        ckpt.load_state_dict_checked(model, state, source=str(pretrained))
+        logger.info("loaded %s weights from %s", name, pretrained)
+    return model
+
+
+def matching_architectures(state: Mapping[str, torch.Tensor]) -> List[str]:
+    """Registered models whose default build has exactly these keys and shapes (built on the meta device)."""
+    found = []
+    for name in list_models():
+        if "generic" in model_cfg(name).tags:
+            continue
+        with torch.device("meta"):
+            try:
+                model = create_model(name)
+            except Exception:  # pragma: no cover - a builder that cannot run on meta
+                continue
+        if state_dict_mismatch(model, state) is None:
+            found.append(name)
+    return found
+
+
+def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
+    """Rebuild a model from a pocketnas checkpoint alone, or from a bare state dict given its ``arch``."""
+    path = os.fspath(path)
+    obj = _torch_load(path)
+    if is_pocketnas_checkpoint(obj):
+        record = read_checkpoint(path)
+        return create_model(arch or record["arch"], pretrained=path, **overrides).eval()
+    if arch is None:
+        state = _plain_state_dict(obj, path)
+        fits = matching_architectures(state)
+        hint = (f"its keys and shapes fit: {', '.join(fits)}" if fits
+                else "its keys and shapes fit no registered model with default settings")
+        raise CheckpointError(f"{path} is a bare state dict with no architecture recorded ({hint}); load it with "
+                              f"pocketnas.load(path, arch=NAME) or create_model(NAME, pretrained=path); on the "
+                              f"command line, add --arch NAME")
+    return create_model(arch, pretrained=path, **overrides).eval()
+
+
+def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None) -> nn.Module:
+    """A model from a file (pocketnas checkpoint, or a bare state dict with ``arch``) or a registry name (with
+    optional ``pretrained`` weights), in eval mode."""
+    if os.path.exists(spec):
+        return load(spec, arch=arch)
+    if is_model(spec):
+        return create_model(spec, pretrained=pretrained).eval()
+    raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
+
+
+def registered_weights_path(name: str, cfg: Any) -> str:
+    """The local file of a variant's shipped weights (package assets, or the ``POCKETNAS_WEIGHTS`` folder first),
+    after checking its sha256 against the variant's pretrained configuration."""
+    pre = getattr(cfg, "pretrained", None)
+    if pre is None:
+        have = [n for n in list_models() if model_cfg(n).pretrained is not None]
+        raise CheckpointError(f"no pretrained weights ship for {name} (models with weights: "
+                              f"{', '.join(have) or 'none'}); pass pretrained=PATH to a pocketnas checkpoint or an "
+                              f"original backbone.pth")
+    folders = [os.environ.get("POCKETNAS_WEIGHTS", ""),
+               os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "weights")]
+    for folder in folders:
+        candidate = os.path.join(folder, pre.file) if folder else ""
+        if candidate and os.path.isfile(candidate):
+            digest = file_digest(candidate)
+            if digest != pre.sha256:
+                raise CheckpointError(f"{candidate}: sha256 {digest} differs from the one registered for {name} "
+                                      f"({pre.sha256}): the file was altered or replaced; refusing to load it "
+                                      f"(reinstall pocketnas to restore it)")
+            return candidate
+    raise CheckpointError(f"weights file {pre.file} for {name} not found in the package or $POCKETNAS_WEIGHTS")
