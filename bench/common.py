@@ -36,3 +36,49 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) -> 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a bench's ``main``; with ``--markdown FILE`` (anywhere in the arguments) its printed output (the
+    environment line and the table with its ratios) is also written to FILE as a Markdown page with the command
+    that produced it, so the figures in docs/ are generated, not copied by hand (e.g. docs/results/train.md)."""
+    import io
+    import sys
+
+    argv = sys.argv[1:]
+    path = None
+    if "--markdown" in argv:
+        i = argv.index("--markdown")
+        if i + 1 >= len(argv):
+            raise SystemExit("--markdown needs a file name")
+        path = argv[i + 1]
+        sys.argv = [sys.argv[0]] + argv[:i] + argv[i + 2:]
+    if path is None:
+        main()
+        return
+    buf = io.StringIO()
+    real = sys.stdout
+    sys.stdout = _Tee(real, buf)
+    try:
+        main()
+    finally:
+        sys.stdout = real
+    command = " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# {os.path.basename(sys.argv[0])}, {time.strftime('%Y-%m-%d %H:%M')}\n\n`{command}`\n\n```\n"
+                f"{buf.getvalue().rstrip()}\n```\n")

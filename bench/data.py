@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SHARED, median_time, print_environment  # noqa: E402
+from common import SHARED, median_time, print_environment, run_main  # noqa: E402
 
 import pocketnas  # noqa: E402
 from pocketnas.data import RecordDataset  # noqa: E402
@@ -92,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_environment  # noqa: E402
+from common import print_environment, run_main  # noqa: E402
 
 CONFIGS = {
     # the original PocketNet search, as cpu_reference.md measured it (8 cells, 16 channels, batch 16, 112x112)
@@ -43,7 +43,7 @@ def measure(config: str, mode: str, order: str, steps: int) -> dict:
 
     import torch
 
-    from pocketnas.engine.allocator import tune_glibc_malloc
+    from pocketnas.engine.process import tune_glibc_malloc
     from pocketnas.nas.architect import Architect
     from pocketnas.layers.kernels import use_torch_kernels
     from pocketnas.engine.search import SearchModel, search_step
@@ -129,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

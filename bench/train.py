@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SHARED, print_environment  # noqa: E402
+from common import SHARED, print_environment, run_main  # noqa: E402
 
 BATCH = 32
 
@@ -37,7 +37,7 @@ def run_mode(mode: str, steps: int, teacher: str) -> dict:
     import torch.nn.functional as F
 
     import pocketnas
-    from pocketnas.engine.allocator import tune_glibc_malloc
+    from pocketnas.engine.process import tune_glibc_malloc
     from pocketnas.engine.teachers import FixedTeacher, TeacherCache, build_fixed_teacher
     from pocketnas.losses import MarginHead, build_distill_loss, build_margin
     from pocketnas.layers.kernels import use_torch_kernels
@@ -176,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -116,12 +116,46 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline_search(args: argparse.Namespace, cfg) -> int:
+    from .engine.nas_eval import random_search, zero_cost_search
+    from .nas.budget import parse_amount
+    from .nas.random_search import Budget
+    from .nas.space import load_space
+
+    space = load_space(cfg.space)
+    budget = None
+    if cfg.budget_params or cfg.budget_flops:
+        budget = Budget("params" if cfg.budget_params else "flops", parse_amount(cfg.budget_params or
+                                                                                   cfg.budget_flops),
+                        args.budget_tolerance, cfg.final_channels, cfg.final_layers, cfg.input_size,
+                        cfg.embedding_size)
+    if os.path.isfile(os.path.join(args.out, "candidates.json")) and not args.overwrite:
+        raise InputError(f"{args.out}: holds an earlier {args.method} search (candidates.json); add --overwrite")
+    if args.method == "random":
+        path = random_search(space, args.out, args.count, cfg.seed, budget)
+    else:
+        if not cfg.data:
+            raise InputError("--method zero-cost scores networks on faces: give --data")
+        path = zero_cost_search(space, args.out, cfg.data, args.candidates, args.count, args.proxy, cfg.seed,
+                                budget, cfg.input_size)
+    with open(path, encoding="utf-8") as f:
+        entries = json.load(f)["entries"]
+    for e in entries:
+        cost = f", {budget.metric} {e['cost']:,.0f}" if budget else ""
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in e.get("scores", {}).items())
+        print(f"{e['name']}{cost}{'; ' + scores if scores else ''}")
+    print(f"wrote {len(entries)} genotypes and {path}")
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .engine.search import search, search_config
 
     extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops,
              "skip_bad": True if args.skip_bad else None}
     cfg = search_config(args.space, args.config, args.set or [], extra)
+    if args.method != "darts":
+        return _cmd_baseline_search(args, cfg)
     history = search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if history.get("interrupted"):
         return 0
@@ -135,9 +169,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nas_eval(args: argparse.Namespace) -> int:
+    from .engine.nas_eval import format_table, load_entries, nas_eval
+
+    report = nas_eval(load_entries(args.genotypes), args.data, args.bin, args.out, args.seeds, args.config,
+                      args.set or [], flip=args.flip)
+    print(format_table(report))
+    print(f"wrote {os.path.join(args.out, 'table.md')}, results.json, accuracy_vs_params.png")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .engine.train_config import TrainConfig
+    from .engine.train_config import load_train_config
     from .engine.trainer import train
 
     extra = {"data": args.data, "genotype": args.genotype, "teacher": args.teacher, "kd": args.kd,
@@ -146,13 +189,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra["save_every_epoch"] = True
     if args.skip_bad:
         extra["skip_bad"] = True
-    defaults = None
-    state_path = os.path.join(args.out, "checkpoint.pt")
-    if args.resume and not args.config and os.path.isfile(state_path):
-        from .models.checkpoint import read_state
-
-        defaults = read_state(state_path, "pocketnas.train_state", "pocketnas training checkpoint")["config"]
-    cfg = load_config(TrainConfig, args.config, args.set or [], extra, defaults)
+    cfg = load_train_config(args.config, args.set or [], extra, resume_from=args.out if args.resume else None)
     history = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if "stopped_at_step" not in history:
         print(f"trained {cfg.arch} for {cfg.epochs} epochs in {history['minutes']:.1f} min: "
@@ -230,7 +267,6 @@ def _embedder(args: argparse.Namespace):
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import run
-    from .evaluation.plots import plot_det, plot_roc
 
     if args.eval_command is None:
         if not args.config:
@@ -272,14 +308,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         results = run.verify_bins(embedder, args.bin, flip=not args.no_flip, batch_size=args.batch_size)
         print(run.format_verify_table(results))
         if args.record_threshold:
-            from .metrics.verification import verification_record
-            from .models.checkpoint import update_meta
-
-            stem, first = next(iter(results.items()))
-            record = verification_record(stem, first)
-            update_meta(args.model, verification=record)
+            record = run.record_threshold(args.model, results)
             print(f"recorded in {args.model}: cosine threshold {record['cosine_threshold']:.4f} "
-                  f"({stem}, {100 * record['accuracy']:.2f} %)")
+                  f"({record['set']}, {100 * record['accuracy']:.2f} %)")
         curves = {stem: (r["roc_fpr"], r["roc_tpr"]) for stem, r in results.items()}
     elif args.eval_command == "pairs":
         r = run.verify_folder(embedder, args.folder, args.pairs, args.folds, args.seed, flip=not args.no_flip,
@@ -290,28 +321,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print("TAR at FAR: " + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))
         curves = {stem: r.pop("roc_full")}
     else:  # ijb
-        from .evaluation.ijb import evaluate_ijb
-        from .models.embedders import embed_images
-
-        def embed_fn(images, flip):
-            return embed_images(embedder, images, args.batch_size, flip=flip)
-
-        r = evaluate_ijb(embed_fn, args.root, args.target, size=embedder.input_size, flip=not args.no_flip)
-        curves = {args.target: r.pop("roc")}
-        r.pop("scores")
-        results = {args.target.lower(): r}
+        results, curves = run.verify_ijb(embedder, args.root, args.target, flip=not args.no_flip,
+                                         batch_size=args.batch_size)
+        r = results[args.target.lower()]
         print(f"{args.target}: {r['templates']} templates, {r['pairs']} pairs; AUC {r['auc']:.4f}, "
               f"EER {100 * r['eer']:.2f} %")
         print("TAR at FAR: " + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))
-    if not args.no_cost:
-        meta["cost"] = run.model_cost(embedder, threads=args.threads, latency=not args.no_latency)
-    plots = args.plots or (os.path.splitext(args.json)[0] + "_plots" if args.json else None)
-    if plots:
-        meta["plots"] = [plot_roc(curves, os.path.join(plots, "roc.png"), f"ROC: {embedder.name}"),
-                         plot_det(curves, os.path.join(plots, "det.png"), f"DET: {embedder.name}")]
+    meta = run.finish_report(embedder, results, curves, meta, cost=not args.no_cost, latency=not args.no_latency,
+                             threads=args.threads, plots=args.plots, json_path=args.json)
+    if meta.get("plots"):
         print(f"plots: {', '.join(meta['plots'])}")
     if args.json:
-        run.write_json(args.json, {**results, run.META_KEY: meta})
         print(f"wrote {args.json}")
     return 0
 
@@ -477,7 +497,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
                    "of refusing the data")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    s.add_argument("--method", choices=["darts", "random", "zero-cost"], default="darts",
+                   help="darts (default); random: genotypes drawn uniformly in the budget window; zero-cost: the "
+                        "best of --candidates random genotypes by a training-free proxy")
+    s.add_argument("--count", type=int, default=5, help="(random, zero-cost) genotypes to write")
+    s.add_argument("--candidates", type=int, default=100, help="(zero-cost) random genotypes to score")
+    s.add_argument("--proxy", default="naswot", choices=["naswot", "synflow", "grad_norm"],
+                   help="(zero-cost) the proxy that picks")
+    s.add_argument("--budget-tolerance", type=float, default=0.05,
+                   help="(random, zero-cost) the budget window, a fraction of the target (default 0.05)")
     s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("nas-eval", help="train genotypes under one recipe with several seeds: table, plot, "
+                                        "proxy rank correlations")
+    s.add_argument("genotypes", nargs="+", help="genotype files, candidates.json of a random/zero-cost search, or "
+                                                "published names (pocketnet_casia)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--bin", action="append", required=True, help="a .bin set (repeatable; the first is the table's)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    s.add_argument("--config", help="the training recipe every genotype shares (a file or a packaged name)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
+    s.add_argument("--flip", action="store_true", help="evaluate with the flip test")
+    s.set_defaults(func=_cmd_nas_eval)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
     s.add_argument("--config", help="a recipe: a YAML file, or a packaged name (pocketnas/train/, e.g. "

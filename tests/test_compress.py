@@ -58,6 +58,7 @@ def test_each_method_reaches_the_rate(method, rate, s128):
     assert all((m.weight != 0).all() for m in bn)  # BatchNorm left dense
 
 
+@pytest.mark.slow
 def test_layerwise_prunes_every_layer_alike_and_global_does_not(s128):
     import copy
 
@@ -105,6 +106,7 @@ def test_masks_hold_through_finetuning(tmp_path, trained_tiny):
     assert abs(sparsity(ft).compression - 8) < 0.1
 
 
+@pytest.mark.slow
 def test_export_parity_on_real_faces(tmp_path, trained_tiny):
     model = pocketnas.load(trained_tiny)
     crops = face_crops(None, 64)
@@ -130,6 +132,7 @@ def test_export_parity_on_real_faces(tmp_path, trained_tiny):
         export_checked(Broken(model), str(tmp_path / "b.onnx"), crops)
 
 
+@pytest.mark.slow
 def test_init_head_refuses_a_head_of_other_identities(trained_tiny):
     from pocketnas.config import ConfigError
     from pocketnas.engine.trainer import load_head_weights
@@ -163,6 +166,7 @@ def test_prelu_export_forms_equal_prelu_for_any_slope():
     assert not torch.allclose(PReLUAsMax(prelu)(x), prelu(x), atol=1e-3)  # why slopes outside [0, 1] need Split
 
 
+@pytest.mark.slow
 def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
     import onnx
 

@@ -137,6 +137,7 @@ def test_view_bank_is_cached(tmp_path, small_teacher):
     assert hits > 0 and "sp" in history["epochs"][0]
 
 
+@pytest.mark.slow
 def test_a_shared_teacher_cache_serves_the_next_run_and_keeps_keys_apart(tmp_path, small_teacher):
     shared = tmp_path / "cache"
     kw = dict(kd="embedding", teacher=small_teacher, epochs=1, batch_size=8, lr_reference_batch=8,
@@ -199,6 +200,7 @@ def test_label_free_run_on_a_pack_without_identity_records(tmp_path, small_teach
     assert set(history["epochs"][0]) == {"epoch", "rkd", "loss"} and (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_teacher_only_phase_then_joint(tmp_path, small_teacher):
     history = train(tiny(kd="embedding", teacher=small_teacher, kd_only_epochs=1, epochs=2), str(tmp_path))
     assert "ce" not in history["epochs"][0] and "ce" in history["epochs"][1]

@@ -59,6 +59,7 @@ def test_exported_onnx_declares_normalisation(tmp_path, tiny_model, orl_faces):
     assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
 
 
+@pytest.mark.slow
 def test_pairs_on_a_folder(tmp_path, tiny_model, capsys):
     js = tmp_path / "p.json"
     assert main(["eval", "pairs", orl_root(), "--model", tiny_model, "--pairs", "200", "--json", str(js),

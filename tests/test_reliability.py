@@ -142,6 +142,7 @@ def test_case03_cache_key_covers_teacher_norm_data_and_transform(tmp_path, share
     assert teacher_fingerprint(build_fixed_teacher(str(copy), input_norm="raw255")) == teacher_fingerprint(raw)
 
 
+@pytest.mark.slow
 def test_case03_changed_norm_recomputes_instead_of_hitting(tmp_path, shared, caplog):
     """The reported failure: after --teacher-input-norm raw255 -> arcface the cache answered with the raw255
     teacher's embeddings ('64 hits, 0 computed'). Now it is started afresh: every embedding is recomputed."""
@@ -420,6 +421,7 @@ def test_case12_bin_repeating_one_image_is_refused_before_allocation(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 13. interrupted writes
+@pytest.mark.slow
 def test_case13_stale_temporaries_are_cleaned_at_start(tmp_path, caplog):
     run = tmp_path / "run"
     train(tiny(epochs=2, stop_after_steps=2), str(run))
@@ -473,6 +475,7 @@ def test_case15_bare_state_dict_suggests_arch(tmp_path, capsys):
     assert "bare state dict" in err and "pocketnet_s_128" in err and "add --arch NAME" in err
 
 
+@pytest.mark.slow
 def test_a_teacher_normalisation_that_contradicts_its_checkpoint_is_refused(tmp_path):
     """Found by the multi-step study: --teacher-input-norm raw255 (meant for SFace) given with a pocketnas teacher
     fed it raw pixels without a word. A self-describing teacher's own normalisation now wins or the run stops."""

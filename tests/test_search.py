@@ -308,6 +308,7 @@ def test_search_config_errors():
         tiny("budget_params=lots")
 
 
+@pytest.mark.slow
 def test_search_command(tmp_path, capsys):
     from pocketnas.cli import main
 

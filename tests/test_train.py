@@ -120,6 +120,7 @@ def test_multistep_kd_follows_the_teacher_epochs(tmp_path, tiny_teacher):
     assert "a learned linear projection" in log  # 32-d student, 48-d teacher
 
 
+@pytest.mark.slow
 def test_multistep_kd_missing_teacher_epoch_fails_up_front(tmp_path, tiny_teacher):
     with pytest.raises(FileNotFoundError, match=r"needs the teacher's checkpoint of every epoch; missing 1: .*"
                                                 r"epoch_003.pt"):
@@ -127,6 +128,7 @@ def test_multistep_kd_missing_teacher_epoch_fails_up_front(tmp_path, tiny_teache
     assert not (tmp_path / "s" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_feature_kd_with_squeeze_excitation(tmp_path, tiny_teacher):
     run = tmp_path / "feat"
     history = train(tiny(kd="feature", teacher=os.path.join(tiny_teacher, "model.pt"), se=True, epochs=1,

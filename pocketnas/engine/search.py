@@ -37,7 +37,7 @@ from ..nas.cell_diagram import draw_genotype
 from ..nas.space import load_space
 from ..nas.supernet import Supernet, count_skips
 from . import distributed as dist_utils
-from .allocator import tune_glibc_malloc
+from .process import configure_process
 from .run import Run, run_to_end
 from .runlog import DETAIL
 from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
@@ -219,10 +219,6 @@ class Searcher(Run):
         cfg, out_dir = self.cfg, self.out_dir
         if self.env.distributed and cfg.order == "second":
             raise ConfigError("second-order search runs in one process; use order=first under torchrun")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.tune_malloc and self.env.device.type == "cpu":
-            tune_glibc_malloc()
         self.space = load_space(cfg.space)
         state = None
         if resume:
@@ -533,5 +529,7 @@ def alpha_heatmap(probs: Dict[str, torch.Tensor], ops: List[str]):
 
 
 def search(cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    """Run a search (what ``pocketnas search`` does): the process-wide settings ``cfg`` asks for, then the run."""
+    configure_process(cfg.threads, cfg.tune_malloc and not cfg.device.startswith("cuda"))
     searcher = Searcher(cfg, out_dir, resume, overwrite)
     return run_to_end(searcher, searcher.run)

@@ -1,8 +1,9 @@
 """What a training run is: one flat dataclass, read from ``train/*.yaml`` and ``--set key=value``."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..config import ConfigError
 
@@ -196,3 +197,18 @@ def recipe_of(cfg: TrainConfig) -> Dict[str, Any]:
     """The loss settings a model was trained with, kept in its checkpoint so fine-tuning (after pruning, say)
     continues with the same margin rather than the library defaults."""
     return {key: getattr(cfg, key) for key in RECIPE_KEYS}
+
+
+def load_train_config(config: Optional[str] = None, overrides: Sequence[str] = (),
+                      extra: Optional[Dict[str, Any]] = None, resume_from: Optional[str] = None) -> TrainConfig:
+    """A run's configuration: the recipe ``config`` (a file or a packaged name), command-line values ``extra`` and
+    ``--set`` overrides. Resuming (``resume_from`` = the run folder) without a recipe starts from the configuration
+    the run's ``checkpoint.pt`` recorded, so a resume needs nothing but the folder."""
+    from ..config import load_config
+    from ..models.checkpoint import read_state
+
+    defaults = None
+    state_path = os.path.join(resume_from, "checkpoint.pt") if resume_from else ""
+    if state_path and not config and os.path.isfile(state_path):
+        defaults = read_state(state_path, "pocketnas.train_state", "pocketnas training checkpoint")["config"]
+    return load_config(TrainConfig, config, overrides, extra, defaults)

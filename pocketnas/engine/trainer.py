@@ -32,7 +32,7 @@ from ..models.embedders import TorchEmbedder
 from ..models import create_model
 from ..models.features import FeatureTap, feature_channels
 from . import distributed as dist_utils
-from .allocator import tune_glibc_malloc
+from .process import configure_process
 from .run import Run, run_to_end
 from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_dataset
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
@@ -132,8 +132,6 @@ class Trainer(Run):
 
     def _init(self, resume: bool) -> None:
         cfg, out_dir = self.cfg, self.out_dir
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.resume_state: Optional[Dict[str, Any]] = None
         self.verification: Optional[Dict[str, Any]] = None  # of the last verification on the first val_bins set
         ckpt_path = os.path.join(out_dir, "checkpoint.pt")
@@ -317,8 +315,6 @@ class Trainer(Run):
         self.cuda = env.device.type == "cuda"
         if cfg.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        if not self.cuda and cfg.tune_malloc:
-            tune_glibc_malloc()
         total_steps = self.steps_per_epoch * cfg.epochs
         want = str(cfg.compile).lower()
         if want == "true" or (want == "auto" and total_steps >= 300 and self.hint_names is None):
@@ -526,5 +522,7 @@ class Trainer(Run):
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
           overwrite: bool = False) -> Dict[str, Any]:
+    """Train (what ``pocketnas train`` does): the process-wide settings ``cfg`` asks for, then the run."""
+    configure_process(cfg.threads, cfg.tune_malloc and not cfg.device.startswith("cuda"))
     trainer = Trainer(cfg, out_dir, resume, backbone, overwrite)
     return run_to_end(trainer, trainer.fit)

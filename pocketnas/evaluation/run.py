@@ -167,3 +167,48 @@ def compare_results(paths: Sequence[str], out_png: str, data_set: Optional[str] 
                        "path": path})
     plot_tradeoff(points, out_png, metric_label=f"{points[0]['set']} accuracy (%)")
     return points
+
+
+def verify_ijb(embedder: Embedder, root: str, target: str = "IJBC", flip: bool = True, batch_size: int = 64,
+               progress: bool = True):
+    """IJB-B/C 1:1 verification of ``embedder``: ({"ijbc": result}, {"IJBC": (fpr, tpr)})."""
+    from .ijb import evaluate_ijb
+
+    def embed_fn(images, flip_):
+        return embed_images(embedder, images, batch_size, flip=flip_, progress=progress)
+
+    r = evaluate_ijb(embed_fn, root, target, size=embedder.input_size, flip=flip, progress=progress)
+    curves = {target: r.pop("roc")}
+    r.pop("scores")
+    return {target.lower(): r}, curves
+
+
+def finish_report(embedder: Embedder, results: Dict[str, Any], curves: Dict[str, Any], meta: Dict[str, Any],
+                  cost: bool = True, latency: bool = True, threads: int = 2, plots: Optional[str] = None,
+                  json_path: Optional[str] = None) -> Dict[str, Any]:
+    """The rest of an evaluation report: the model's cost, ROC and DET pictures (in ``plots``, or beside the JSON
+    file), and the JSON file itself (one object per set plus ``_meta``). Returns the meta written."""
+    from .plots import plot_det, plot_roc
+
+    meta = dict(meta)
+    if cost:
+        meta["cost"] = model_cost(embedder, threads=threads, latency=latency)
+    plots = plots or (os.path.splitext(json_path)[0] + "_plots" if json_path else None)
+    if plots:
+        meta["plots"] = [plot_roc(curves, os.path.join(plots, "roc.png"), f"ROC: {embedder.name}"),
+                         plot_det(curves, os.path.join(plots, "det.png"), f"DET: {embedder.name}")]
+    if json_path:
+        write_json(json_path, {**results, META_KEY: meta})
+    return meta
+
+
+def record_threshold(model_path: str, results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Write the first set's decision threshold into the pocketnas checkpoint ``model_path`` (``meta
+    ["verification"]``, what ``pocketnas verify`` decides with); the weights are untouched."""
+    from ..metrics.verification import verification_record
+    from ..models.checkpoint import update_meta
+
+    stem, first = next(iter(results.items()))
+    record = verification_record(stem, first)
+    update_meta(model_path, verification=record)
+    return record

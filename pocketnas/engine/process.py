@@ -1,4 +1,8 @@
-"""glibc malloc tuning for CPU training.
+"""The process-wide settings a run asks for (torch's CPU thread count, glibc malloc tuning), applied in one place:
+:func:`configure_process`, which the entry points ``train()`` and ``search()`` call and log. Building a
+``Trainer`` or ``Searcher`` changes nothing process-wide.
+
+glibc malloc tuning for CPU training:
 
 PyTorch's CPU training allocates and frees many large activation buffers each step; with glibc's defaults these
 are returned to the kernel and faulted back in every step. Raising the mmap threshold to its maximum (32 MiB on
@@ -9,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from typing import Any, Dict
 
 logger = logging.getLogger(__name__)
 
@@ -35,3 +40,16 @@ def tune_glibc_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     if ok:
         logger.debug("glibc malloc: mmap threshold %d, trim threshold %d", mmap_threshold, trim_threshold)
     return ok
+
+
+def configure_process(threads: int = 0, tune_malloc: bool = False) -> Dict[str, Any]:
+    """Set torch's intra-op thread count (``threads`` > 0) and glibc's malloc thresholds (``tune_malloc``) for the
+    whole process; returns what is in force, and logs it."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    done = {"threads": torch.get_num_threads(), "malloc_tuned": tune_glibc_malloc() if tune_malloc else _done}
+    logger.info("process-wide: %d torch threads, glibc malloc %s", done["threads"],
+                "tuned (mmap/trim thresholds raised)" if done["malloc_tuned"] else "at its defaults")
+    return done

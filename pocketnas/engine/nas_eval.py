@@ -1,0 +1,275 @@
+"""Honest architecture evaluation: baseline searchers (random, zero-cost) and ``pocketnas nas-eval``, which trains a
+list of genotypes under one recipe with several seeds, evaluates each on ``.bin`` sets and reports mean +- std,
+an accuracy-against-parameters plot with error bars, and the rank correlation between each training-free proxy
+and trained accuracy (Kendall's tau-b). Resumable: finished runs are read back, an interrupted one resumes.
+
+Why: searched cells often fail to beat their space's random architectures at equal size (Li and Talwalkar, UAI
+2019; Yang et al., ICLR 2020; Sciuto et al., 2019); a NAS result needs that comparison, with error bars.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..genotype import PUBLISHED, Genotype, get_genotype
+from ..nas.random_search import Budget, sample_genotypes
+from ..nas.space import SearchSpace
+from ..nas.zero_cost import rank_genotypes, top_k
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES = "candidates.json"
+
+
+def face_batch(data: str, count: int = 64, size: int = 56, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``count`` faces of ``data`` drawn with ``seed`` (normalised, size x size) and their labels: what the
+    zero-cost proxies score a network on."""
+    from ..data.transforms import fit_size, normalize
+    from .sampling import open_face_dataset
+
+    faces = open_face_dataset(data, 112)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(faces), size=min(count, len(faces)), replace=False))
+    pairs = [faces.sample_uint8(int(i)) for i in idx]
+    images = torch.stack([torch.from_numpy(np.ascontiguousarray(img)) for img, _ in pairs])
+    labels = torch.tensor([int(label) for _, label in pairs])
+    return normalize(fit_size(images, size)), labels
+
+
+def _write_candidates(out_dir: str, method: str, entries: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    for e in entries:
+        with open(os.path.join(out_dir, f"{e['name']}.json"), "w", encoding="utf-8") as f:
+            f.write(get_genotype(e["genotype"]).to_json())
+    path = os.path.join(out_dir, CANDIDATES)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"method": method, "settings": settings, "entries": entries}, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def random_search(space: SearchSpace, out_dir: str, count: int, seed: int, budget: Optional[Budget]) -> str:
+    """``count`` random genotypes of ``space`` in the budget window, written as ``random_NN.json`` and
+    ``candidates.json``."""
+    found = sample_genotypes(space, count, seed, budget)
+    entries = [{"name": f"random_{i:02d}", "source": "random", "genotype": g.to_dict(),
+                "cost": cost, "scores": {}} for i, (g, cost) in enumerate(found)]
+    return _write_candidates(out_dir, "random", entries, {"space": space.name, "count": count, "seed": seed,
+                                                          "budget": budget.__dict__ if budget else None})
+
+
+def zero_cost_search(space: SearchSpace, out_dir: str, data: str, candidates: int, top: int, proxy: str,
+                     seed: int, budget: Optional[Budget], input_size: int = 56, batch: int = 64,
+                     proxies: Sequence[str] = ("naswot", "synflow", "grad_norm"), progress: bool = True) -> str:
+    """Score ``candidates`` random genotypes with every proxy on one batch of faces of ``data``; keep the ``top``
+    by ``proxy`` as ``zc_NN.json``. ``candidates.json`` holds every candidate's scores (for the rank
+    correlations of ``nas-eval``)."""
+    if proxy not in proxies:
+        proxies = tuple(proxies) + (proxy,)
+    found = sample_genotypes(space, candidates, seed, budget)
+    images, labels = face_batch(data, batch, input_size, seed)
+    build = {"channels": budget.channels if budget else 16, "layers": budget.layers if budget else 18,
+             "embedding_size": budget.embedding_size if budget else 128, "seed": seed, "act": space.activation}
+    scores = rank_genotypes([g for g, _ in found], images, labels, proxies, progress=progress, **build)
+    best = top_k(scores, proxy, top)
+    entries = [{"name": f"zc_{rank:02d}", "source": f"zero-cost ({proxy})", "genotype": found[i][0].to_dict(),
+                "cost": found[i][1], "scores": scores[i], "candidate": i} for rank, i in enumerate(best)]
+    every = [{"genotype": g.to_dict(), "cost": c, "scores": s} for (g, c), s in zip(found, scores)]
+    path = _write_candidates(out_dir, "zero-cost", entries, {"space": space.name, "candidates": candidates,
+                                                             "top": top, "proxy": proxy, "seed": seed,
+                                                             "input_size": input_size, "batch": batch,
+                                                             "budget": budget.__dict__ if budget else None})
+    with open(os.path.join(out_dir, "all_candidates.json"), "w", encoding="utf-8") as f:
+        json.dump(every, f)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+@dataclass
+class Entry:
+    name: str
+    genotype: Genotype
+    source: str
+    scores: Dict[str, float] = field(default_factory=dict)
+
+
+def load_entries(specs: Sequence[str]) -> List[Entry]:
+    """Genotypes to evaluate: published names (``pocketnet_casia``), genotype files (``genotype.json`` of a search;
+    named after their folder), or a ``candidates.json`` of ``pocketnas search --method random|zero-cost`` (every
+    entry, with its proxy scores)."""
+    out: List[Entry] = []
+    for spec in specs:
+        if spec in PUBLISHED:
+            out.append(Entry(spec, PUBLISHED[spec], "published"))
+        elif os.path.isfile(spec) and os.path.basename(spec) == CANDIDATES:
+            with open(spec, encoding="utf-8") as f:
+                data = json.load(f)
+            out += [Entry(e["name"], get_genotype(e["genotype"]), e["source"], dict(e.get("scores", {})))
+                    for e in data["entries"]]
+        elif os.path.isfile(spec):
+            stem = os.path.splitext(os.path.basename(spec))[0]
+            name = os.path.basename(os.path.dirname(os.path.abspath(spec))) if stem == "genotype" else stem
+            out.append(Entry(name, get_genotype(spec), "searched" if stem == "genotype" else "file"))
+        else:
+            raise FileNotFoundError(f"{spec}: neither a genotype file, a candidates.json nor a published genotype "
+                                    f"({', '.join(sorted(PUBLISHED))})")
+    names = [e.name for e in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"two genotypes are named {', '.join(dupes)}; rename one of the files")
+    return out
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties in either ranking accounted for); nan for fewer than two distinct pairs."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tx += 1
+            elif b == 0:
+                ty += 1
+            elif a == b:
+                conc += 1
+            else:
+                disc += 1
+    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def _model_cost(genotype: Genotype, cfg) -> Tuple[int, float]:
+    from ..models import create_model
+    from ..models.complexity import count_flops, count_parameters
+
+    kwargs = dict(cfg.model_kwargs or {})
+    model = create_model("pocketnet", genotype=genotype, embedding_size=cfg.embedding_size or 128, **kwargs)
+    return count_parameters(model), count_flops(model).total / 1e6
+
+
+def _evaluate_run(run: str, bins: Sequence[str], flip: bool) -> Dict[str, Any]:
+    from ..models import load
+    from ..models.embedders import TorchEmbedder
+    from .validation import verify_bins
+
+    results = verify_bins(TorchEmbedder(load(os.path.join(run, "model.pt"))), bins, flip=flip, progress=False)
+    return {stem: {"accuracy": r["accuracy_mean"], "accuracy_std": r["accuracy_std"], "auc": r["auc"],
+                   "eer": r["eer"]} for stem, r in results.items()}
+
+
+def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: str, seeds: Sequence[int] = (0, 1),
+             recipe: Optional[str] = None, overrides: Sequence[str] = (), flip: bool = False) -> Dict[str, Any]:
+    """Train every entry with every seed under ``recipe`` (+ ``overrides``), evaluate its last checkpoint on
+    ``bins``; write ``results.json``, ``table.md`` and ``accuracy_vs_params.png`` into ``out_dir``."""
+    from .train_config import load_train_config
+    from .trainer import train
+
+    if not entries:
+        raise InputError("nas-eval needs at least one genotype")
+    missing = [b for b in bins if not os.path.isfile(b)]
+    if missing:
+        raise FileNotFoundError(f"no such .bin file: {', '.join(missing)}")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for e in entries:
+        folder = os.path.join(out_dir, e.name)
+        os.makedirs(folder, exist_ok=True)
+        gpath = os.path.join(folder, "genotype.json")
+        with open(gpath, "w", encoding="utf-8") as f:
+            f.write(e.genotype.to_json())
+        per_seed: Dict[int, Dict[str, Any]] = {}
+        cfg = None
+        for seed in seeds:
+            run = os.path.join(folder, f"seed_{seed}")
+            done = os.path.join(run, "eval.json")
+            cfg = load_train_config(recipe, [*overrides, "arch=pocketnet", f"seed={seed}"],
+                                    {"data": data, "genotype": gpath})
+            if os.path.isfile(done):
+                with open(done, encoding="utf-8") as f:
+                    per_seed[seed] = json.load(f)
+                continue
+            resume = os.path.isfile(os.path.join(run, "checkpoint.pt"))
+            logger.info("nas-eval: %s seed %d (%s)", e.name, seed, "resuming" if resume else "training")
+            # a folder without a checkpoint holds nothing to keep (a run killed before its first epoch ended)
+            train(cfg, run, resume=resume, overwrite=not resume)
+            result = _evaluate_run(run, bins, flip)
+            with open(done + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(result, f)
+            os.replace(done + ".tmp", done)
+            per_seed[seed] = result
+        params, mflops = _model_cost(e.genotype, cfg)
+        sets = sorted(next(iter(per_seed.values())))
+        acc = {s: [per_seed[k][s]["accuracy"] for k in seeds] for s in sets}
+        rows.append({"name": e.name, "source": e.source, "params": params, "mflops": mflops, "scores": e.scores,
+                     "genotype": e.genotype.to_legacy(), "seeds": list(seeds),
+                     "accuracy": {s: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
+                                      else 0.0, "per_seed": v} for s, v in acc.items()}})
+    main = sorted(rows[0]["accuracy"])[0]
+    proxies = sorted({p for r in rows for p in r["scores"]})
+    scored = [r for r in rows if r["scores"]]
+    taus = {p: kendall_tau([r["scores"][p] for r in scored if p in r["scores"]],
+                           [r["accuracy"][main]["mean"] for r in scored if p in r["scores"]]) for p in proxies}
+    report = {"set": main, "bins": list(bins), "seeds": list(seeds), "recipe": recipe, "overrides": list(overrides),
+              "rows": rows, "kendall_tau": taus}
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
+        f.write(format_table(report) + "\n")
+    plot_accuracy_vs_params(report, os.path.join(out_dir, "accuracy_vs_params.png"))
+    return report
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    main = report["set"]
+    lines = [f"| genotype | source | params | MFLOPs | {main} % mean +- std | per seed |", "|---|---|---|---|---|---|"]
+    for r in sorted(report["rows"], key=lambda r: -r["accuracy"][main]["mean"]):
+        a = r["accuracy"][main]
+        lines.append(f"| {r['name']} | {r['source']} | {r['params']:,} | {r['mflops']:.1f} | "
+                     f"{100 * a['mean']:.2f} +- {100 * a['std']:.2f} | "
+                     f"{', '.join(f'{100 * v:.2f}' for v in a['per_seed'])} |")
+    if report["kendall_tau"]:
+        lines += ["", "Kendall tau-b between each proxy's score and the mean accuracy (entries with scores): " +
+                  ", ".join(f"{p} {t:+.2f}" for p, t in report["kendall_tau"].items())]
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_params(report: Dict[str, Any], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    main = report["set"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sources = sorted({r["source"] for r in report["rows"]})
+    for k, src in enumerate(sources):
+        rs = [r for r in report["rows"] if r["source"] == src]
+        ax.errorbar([r["params"] / 1e6 for r in rs], [100 * r["accuracy"][main]["mean"] for r in rs],
+                    yerr=[100 * r["accuracy"][main]["std"] for r in rs], fmt="o", capsize=3, label=src,
+                    color=f"C{k}")
+        for r in rs:
+            ax.annotate(r["name"], (r["params"] / 1e6, 100 * r["accuracy"][main]["mean"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel(f"{main} accuracy % (mean +- std over {len(report['seeds'])} seeds)")
+    ax.set_title("trained accuracy against size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,120 @@
+"""Baselines for architecture search: random genotypes at equal size, zero-cost proxies, and nas-eval."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import pocketnas
+from pocketnas.cli import main
+from pocketnas.data import orl_root
+from pocketnas.engine.nas_eval import Entry, face_batch, kendall_tau, load_entries, nas_eval
+from pocketnas.genotype import PUBLISHED, Genotype
+from pocketnas.nas.random_search import Budget, random_genotype, sample_genotypes
+from pocketnas.nas.space import load_space
+from pocketnas.nas.zero_cost import PROXIES, score_genotype
+
+
+@pytest.mark.parametrize("space_name", ["pocketnet", "darts"])
+def test_random_genotypes_are_valid_and_build(space_name):
+    space = load_space(space_name)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        g = random_genotype(space, rng)
+        for cell in (g.normal, g.reduce):
+            assert len(cell) == space.nodes
+            for i, node in enumerate(cell):
+                inputs = [j for _, j in node]
+                assert len(set(inputs)) == 2 and all(0 <= j < 2 + i for j in inputs)
+                assert all(op in space.operations and op != "none" for op, _ in node)
+        net = pocketnas.create_model("pocketnet", genotype=g, channels=4, layers=3, input_size=32).eval()
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+
+
+def test_the_budget_window_holds_for_twenty_draws():
+    space = load_space("pocketnet")
+    budget = Budget("params", 1.0e6, 0.05, channels=16, layers=18)
+    found = sample_genotypes(space, 20, seed=3, budget=budget)
+    assert len({g.to_legacy() for g, _ in found}) == 20
+    for g, cost in found:
+        assert abs(cost - 1.0e6) <= 0.05e6
+        with torch.device("meta"):
+            net = pocketnas.create_model("pocketnet", genotype=g)
+        assert sum(p.numel() for p in net.parameters()) == cost  # the cost model counts the real network
+    assert [g.to_legacy() for g, _ in sample_genotypes(space, 3, 3, budget)] == [g.to_legacy() for g, _ in found[:3]]
+    with pytest.raises(ValueError, match="fit params 3,000,000"):
+        sample_genotypes(space, 2, 0, Budget("params", 3.0e6, 0.01), max_draws=500)
+
+
+@pytest.mark.parametrize("proxy", sorted(PROXIES.names()))
+def test_a_proxy_is_deterministic_and_tells_genotypes_apart(proxy):
+    images, labels = face_batch(orl_root(), 24, 32, seed=0)
+    g1, g2 = PUBLISHED["pocketnet_casia"], random_genotype(load_space("pocketnet"), np.random.default_rng(1))
+    kw = dict(channels=4, layers=3, embedding_size=32, seed=0)
+    a = score_genotype(g1, proxy, images, labels, **kw)
+    assert np.isfinite(a)
+    assert a == score_genotype(g1, proxy, images, labels, **kw)
+    assert a != score_genotype(g2, proxy, images, labels, **kw)
+
+
+def test_kendall_tau():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert abs(kendall_tau([1, 2, 3], [1, 3, 2]) - 1 / 3) < 1e-12
+    assert np.isnan(kendall_tau([1, 1], [2, 2]))
+
+
+def test_search_methods_write_candidates(tmp_path, capsys):
+    common = ["--set", "final_channels=4", "--set", "final_layers=3", "--set", "input_size=32",
+              "--set", "embedding_size=32"]
+    assert main(["search", "--method", "random", "--count", "3", "--out", str(tmp_path / "r"), *common]) == 0
+    data = json.loads((tmp_path / "r" / "candidates.json").read_text())
+    assert [e["name"] for e in data["entries"]] == ["random_00", "random_01", "random_02"]
+    assert Genotype.from_json(str(tmp_path / "r" / "random_01.json")).to_dict() == data["entries"][1]["genotype"]
+    assert main(["search", "--method", "random", "--count", "3", "--out", str(tmp_path / "r"), *common]) == 2
+    assert "add --overwrite" in capsys.readouterr().err
+    assert main(["search", "--method", "zero-cost", "--candidates", "4", "--count", "2", "--data", orl_root(),
+                 "--out", str(tmp_path / "z"), *common]) == 0
+    zc = json.loads((tmp_path / "z" / "candidates.json").read_text())
+    every = json.loads((tmp_path / "z" / "all_candidates.json").read_text())
+    naswot = [c["scores"]["naswot"] for c in every]
+    assert [e["scores"]["naswot"] for e in zc["entries"]] == sorted(naswot, reverse=True)[:2]
+    assert {e.source for e in load_entries([str(tmp_path / "z" / "candidates.json")])} == {"zero-cost (naswot)"}
+
+
+@pytest.mark.slow
+def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
+    rng = np.random.default_rng(5)
+    entries = [Entry("casia", PUBLISHED["pocketnet_casia"], "published", {"naswot": 1.0}),
+               Entry("rand", random_genotype(load_space("pocketnet"), rng), "random", {"naswot": 2.0})]
+    overrides = ["model_kwargs={channels: 4, layers: 3, input_size: 32}", "embedding_size=32", "epochs=1",
+                 "batch_size=16", "lr_reference_batch=16", "max_batches_per_epoch=3", "workers=0", "milestones=[]",
+                 "warmup_epochs=0"]
+    orl = f"{shared}/data/orl/orl.bin"
+    # an interrupted run: the first seed of "rand" stops after 2 steps (no eval.json yet)
+    with pytest.raises(SystemExit):
+        def stop(*a, **k):
+            raise SystemExit("killed")
+        import pocketnas.engine.nas_eval as ne
+        real = ne._evaluate_run
+        ne._evaluate_run = stop
+        try:
+            nas_eval(entries[1:], orl_root(), [orl], str(tmp_path), seeds=[0], overrides=overrides)
+        finally:
+            ne._evaluate_run = real
+    assert (tmp_path / "rand" / "seed_0" / "model.pt").exists()
+    assert not (tmp_path / "rand" / "seed_0" / "eval.json").exists()
+    report = nas_eval(entries, orl_root(), [orl], str(tmp_path), seeds=[0, 1], overrides=overrides)
+    assert [r["name"] for r in report["rows"]] == ["casia", "rand"]
+    for r in report["rows"]:
+        a = r["accuracy"]["orl"]
+        assert len(a["per_seed"]) == 2 and 0.4 < a["mean"] <= 1 and r["params"] > 1000
+    assert "kendall_tau" in report and set(report["kendall_tau"]) == {"naswot"}
+    assert "| genotype | source | params |" in (tmp_path / "table.md").read_text()
+    assert os.path.getsize(tmp_path / "accuracy_vs_params.png") > 10000
+    # a second call trains nothing: every run has its eval.json
+    stamp = os.path.getmtime(tmp_path / "casia" / "seed_0" / "model.pt")
+    again = nas_eval(entries, orl_root(), [orl], str(tmp_path), seeds=[0, 1], overrides=overrides)
+    assert os.path.getmtime(tmp_path / "casia" / "seed_0" / "model.pt") == stamp
+    assert again["rows"][0]["accuracy"] == report["rows"][0]["accuracy"]
