@@ -120,3 +120,22 @@ def test_ijb_cli(ijb_root, tmp_path, capsys, orl_faces):
     (tmp_path / "broken").mkdir()
     assert main(["eval", "ijb", "--model", str(tmp_path / "m.pt"), "--root", str(tmp_path / "broken")]) == 2
     assert "ijbc_face_tid_mid.txt: IJB protocol file missing" in capsys.readouterr().err
+
+
+def test_eval_config_runs_ijb_at_its_fars(ijb_root, tmp_path, orl_faces):
+    import json
+
+    from pocketnas.cli import main
+
+    root, _ = ijb_root
+    model = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=32)
+    calibrate_batchnorm(model, [orl_faces[0][::5]])
+    pocketnas.save(model, str(tmp_path / "m.pt"))
+    cfg = tmp_path / "ijb.yaml"
+    os.makedirs(tmp_path / "release")
+    os.symlink(root, tmp_path / "release" / "IJBC")  # the layout the configuration names: ROOT/IJBC
+    cfg.write_text(f"ijb_root: {tmp_path / 'release'}\nijb_targets: [IJBC]\nfars: [0.01, 0.1]\n")
+    js = tmp_path / "r.json"
+    assert main(["eval", "--config", str(cfg), "--model", str(tmp_path / "m.pt"), "--json", str(js)]) == 0
+    r = json.loads(js.read_text())["ijbc"]
+    assert set(r["tar_at_far"]) == {"1e-02", "1e-01"} and r["templates"] == 16 and len(r["roc_fpr"]) > 2

@@ -12,7 +12,8 @@ from typing import Any, Dict, Iterable, List
 
 from ..config import ConfigError, load_config
 from ..engine.validation import verify_bins
-from ..models.embedders import Embedder, embed_images
+from ..models.embedders import Embedder
+from .run import verify_ijb
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +70,10 @@ def run_eval_config(embedder: Embedder, cfg: EvalConfig, progress: bool = True) 
         results.update(verify_bins(embedder, cfg.bin_paths(), flip=cfg.flip, batch_size=cfg.batch_size,
                                    progress=progress))
     for target in cfg.ijb_targets:
-        from .ijb import evaluate_ijb
-
-        def embed_fn(images, flip):
-            return embed_images(embedder, images, cfg.batch_size, flip=flip, progress=progress)
-
-        r = evaluate_ijb(embed_fn, cfg.ijb_folder(target), target, size=embedder.input_size, flip=cfg.flip,
-                         progress=progress, fars=cfg.fars)
-        r.pop("scores")
-        r["roc_fpr"], r["roc_tpr"] = (list(map(float, a)) for a in r.pop("roc"))
+        ijb, curves = verify_ijb(embedder, cfg.ijb_folder(target), target, flip=cfg.flip,
+                                 batch_size=cfg.batch_size, progress=progress, fars=cfg.fars)
+        r = ijb[target.lower()]
+        r["roc_fpr"], r["roc_tpr"] = (list(map(float, a)) for a in curves[target])
         results[target.lower()] = r
         logger.info("%s: AUC %.4f, TAR %s", target, r["auc"],
                     ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))

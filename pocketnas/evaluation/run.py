@@ -170,14 +170,15 @@ def compare_results(paths: Sequence[str], out_png: str, data_set: Optional[str] 
 
 
 def verify_ijb(embedder: Embedder, root: str, target: str = "IJBC", flip: bool = True, batch_size: int = 64,
-               progress: bool = True):
-    """IJB-B/C 1:1 verification of ``embedder``: ({"ijbc": result}, {"IJBC": (fpr, tpr)})."""
+               progress: bool = True, fars: Optional[Sequence[float]] = None):
+    """IJB-B/C 1:1 verification of ``embedder`` (TAR at ``fars``, default 1e-6 .. 1e-1):
+    ({"ijbc": result}, {"IJBC": (fpr, tpr)})."""
     from .ijb import evaluate_ijb
 
     def embed_fn(images, flip_):
         return embed_images(embedder, images, batch_size, flip=flip_, progress=progress)
 
-    r = evaluate_ijb(embed_fn, root, target, size=embedder.input_size, flip=flip, progress=progress)
+    r = evaluate_ijb(embed_fn, root, target, size=embedder.input_size, flip=flip, progress=progress, fars=fars)
     curves = {target: r.pop("roc")}
     r.pop("scores")
     return {target.lower(): r}, curves
