@@ -377,6 +377,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
 
 
+def _cmd_release(args: argparse.Namespace) -> int:
+    from .evaluation.release import release_weights
+    from .evaluation.run import write_json
+
+    r = release_weights(args.model, args.out, args.bin, fp16=not args.fp32)
+    for name, v in r["results"].items():
+        print(f"{name}: {100 * v['accuracy']:.2f} % +- {100 * v['accuracy_std']:.2f} (no flip), "
+              f"{100 * v['accuracy_flip']:.2f} % (flip), AUC {v['auc']:.4f}, EER {100 * v['eer']:.2f} %, "
+              f"cosine threshold {v['threshold_flip']:.4f} (flip)")
+    print(f"wrote {r['file']} ({r['storage']}, {r['bytes']:,} bytes)"
+          + (f"; float32 because {r['why_float32']}" if r["why_float32"] else ""))
+    print(f"sha256 {r['sha256']}")
+    print("PretrainedCfg(" + ", ".join(f"{k}={v!r}" for k, v in r["pretrained_cfg"].items()) + ", ...)")
+    if args.json:
+        write_json(args.json, r)
+    return 0
+
+
 def _cmd_align(args: argparse.Namespace) -> int:
     from .detection import align_folder
 
@@ -616,6 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--json")
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("release", help="a trained checkpoint -> the weights file to ship (float16 when verification "
+                                       "is unchanged), its measured accuracy and sha256")
+    s.add_argument("model", help="a pocketnas checkpoint (a run's model.pt)")
+    s.add_argument("out", help="the file to write (e.g. pocketnas/assets/weights/pocketnet_s_128_celeba7k.pt)")
+    s.add_argument("--bin", action="append", required=True, help=".bin set(s) to measure on (the first is recorded)")
+    s.add_argument("--fp32", action="store_true", help="store float32 even where float16 changes nothing")
+    s.add_argument("--json", help="write the report there too")
+    s.set_defaults(func=_cmd_release)
 
     s = sub.add_parser("align", help="detect and align the faces of ordinary photos onto the ArcFace template")
     s.add_argument("photos", help="a folder of photos (identity sub-folders are kept)")

@@ -12,11 +12,14 @@ MARKERS = {
     "onnx": "needs onnx and onnxruntime (the [onnx] extra)",
     "distributed": "starts several processes (torch.distributed, gloo)",
     "shared_data": "reads the real faces and weights in ../shared (skipped with a reason where it is absent)",
+    "release": "re-measures shipped weights on whole test sets, minutes each (skipped unless --run-release)",
 }
 
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run the tests marked slow too (CI does)")
+    parser.addoption("--run-release", action="store_true",
+                     help="run the tests marked release too: when shipped weights change (pocketnas release)")
 
 
 def pytest_configure(config):
@@ -37,6 +40,7 @@ def _mentions_onnx(item) -> bool:
 
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason="slow: run with --run-slow (the README's test command and CI do)")
+    skip_release = pytest.mark.skip(reason="release check (whole LFW, minutes): run with --run-release")
     for item in items:
         if "shared" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared_data)
@@ -44,6 +48,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.onnx)
         if "slow" in item.keywords and not config.getoption("--run-slow"):
             item.add_marker(skip_slow)
+        if item.get_closest_marker("release") and not config.getoption("--run-release"):
+            item.add_marker(skip_release)
 
 
 @pytest.fixture(scope="session")

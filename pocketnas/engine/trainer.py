@@ -505,7 +505,9 @@ class Trainer(Run):
             return {}
         self.backbone.eval()
         try:
-            results = verify_bins(TorchEmbedder(self.backbone, device=self.env.device), self.cfg.val_bins,
+            # the training network's memory format is left as the run set it (a resume sees the same network)
+            results = verify_bins(TorchEmbedder(self.backbone, device=self.env.device,
+                                                channels_last=self.cfg.channels_last), self.cfg.val_bins,
                                   flip=self.cfg.val_flip, progress=False)
         finally:
             self.backbone.train()

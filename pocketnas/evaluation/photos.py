@@ -30,7 +30,7 @@ def recorded_threshold(spec: str, pretrained: Any = None) -> Optional[Tuple[floa
             return float(v["cosine_threshold"]), (f"recorded in {os.path.basename(spec)}: {v['set']}, "
                                                   f"{100 * v['accuracy']:.2f} % over {v.get('pairs', '?')} pairs")
         return None
-    if is_model(spec) and pretrained is True:
+    if is_model(spec) and pretrained in (True, None):  # a bare registry name loads its shipped weights
         pre = model_cfg(spec).pretrained
         if pre is not None and pre.threshold is not None:
             return float(pre.threshold), f"shipped with {spec}'s weights (LFW)"

@@ -86,8 +86,11 @@ def in_onnx_export() -> bool:
 def eager_cpu(x: torch.Tensor) -> bool:
     """Whether pocketnas's own CPU kernels below may run on ``x``: eager CPU work, not tracing, ONNX export or
     ``torch.compile`` (which see torch's operations)."""
-    return (x.device.type == "cpu" and not torch.jit.is_tracing() and not in_onnx_export()
-            and not torch.compiler.is_compiling())
+    # is_compiling() first: torch.compile traces it as a constant, while the ONNX-export flags are functions it
+    # refuses to trace; asked first, they broke every compiled forward into 35 graphs and, past dynamo's recompile
+    # limit, back into eager (tests/test_compile.py counts the graphs)
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and not torch.jit.is_tracing()
+            and not in_onnx_export())
 
 
 

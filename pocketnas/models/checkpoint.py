@@ -122,11 +122,17 @@ def plain_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: state[k].clone() for k in own_order}
 
 
-def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Save ``model`` as a self-describing pocketnas checkpoint (atomically); returns the record written."""
+def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None,
+         storage_dtype: Optional[torch.dtype] = None) -> Dict[str, Any]:
+    """Save ``model`` as a self-describing pocketnas checkpoint (atomically); returns the record written.
+
+    ``storage_dtype`` (e.g. ``torch.float16``) stores the floating-point tensors at that precision (half the file
+    for shipped weights); loading casts them back into the model's own parameters."""
     from ..version import __version__
 
     state = plain_state_dict(model)
+    if storage_dtype is not None:
+        state = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state.items()}
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

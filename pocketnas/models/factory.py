@@ -79,11 +79,17 @@ def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
 
 
 def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None) -> nn.Module:
-    """A model from a file (pocketnas checkpoint, or a bare state dict with ``arch``) or a registry name (with
-    optional ``pretrained`` weights), in eval mode."""
+    """A model from a file (pocketnas checkpoint, or a bare state dict with ``arch``) or a registry name, in eval
+    mode. A registry name loads ``pretrained`` weights when given, else the weights shipped with the package when
+    the variant has some (what a command line user evaluating ``pocketnet_s_128`` means), else random weights (said
+    in the log: only cost measurements make sense then)."""
     if os.path.exists(spec):
         return load(spec, arch=arch)
     if is_model(spec):
+        if pretrained is None and model_cfg(spec).pretrained is not None:
+            pretrained = True
+        if not pretrained:
+            logger.warning("%s: no weights given and none ship with the package: random initial weights", spec)
         return create_model(spec, pretrained=pretrained).eval()
     raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
 

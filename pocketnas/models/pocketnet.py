@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..errors import InputError
 from ..genotype import Genotype, get_genotype
 from ..layers import activation
+from .pretrained import SHIPPED
 from .registry import ModelCfg, register_model
 from .cells import SearchedCell
 
@@ -103,27 +104,27 @@ class PocketNet(nn.Module):
         return self.tail(s1).flatten(1)
 
 
-def _cfg(emb: int, params: int, mflops: float, desc: str) -> ModelCfg:
+def _cfg(emb: int, params: int, mflops: float, desc: str, name: str) -> ModelCfg:
     return ModelCfg(family="pocketnet", embedding_size=emb, paper=PAPER, description=desc,
-                    reference_params=params, reference_mflops=mflops)
+                    reference_params=params, reference_mflops=mflops, pretrained=SHIPPED.get(name))
 
 
-@register_model(_cfg(128, 925_632, 587.11, "PocketNetS-128: 16 channels x 18 cells, 128-d"))
+@register_model(_cfg(128, 925_632, 587.11, "PocketNetS-128: 16 channels x 18 cells, 128-d", "pocketnet_s_128"))
 def pocketnet_s_128(**kwargs: Any) -> PocketNet:
     return PocketNet(**{"channels": 16, "layers": 18, "embedding_size": 128, **kwargs})
 
 
-@register_model(_cfg(256, 991_424, 587.24, "PocketNetS-256: 16 channels x 18 cells, 256-d"))
+@register_model(_cfg(256, 991_424, 587.24, "PocketNetS-256: 16 channels x 18 cells, 256-d", "pocketnet_s_256"))
 def pocketnet_s_256(**kwargs: Any) -> PocketNet:
     return PocketNet(**{"channels": 16, "layers": 18, "embedding_size": 256, **kwargs})
 
 
-@register_model(_cfg(128, 1_686_656, 1099.02, "PocketNetM-128: 32 channels x 9 cells, 128-d"))
+@register_model(_cfg(128, 1_686_656, 1099.02, "PocketNetM-128: 32 channels x 9 cells, 128-d", "pocketnet_m_128"))
 def pocketnet_m_128(**kwargs: Any) -> PocketNet:
     return PocketNet(**{"channels": 32, "layers": 9, "embedding_size": 128, **kwargs})
 
 
-@register_model(_cfg(256, 1_752_448, 1099.16, "PocketNetM-256: 32 channels x 9 cells, 256-d"))
+@register_model(_cfg(256, 1_752_448, 1099.16, "PocketNetM-256: 32 channels x 9 cells, 256-d", "pocketnet_m_256"))
 def pocketnet_m_256(**kwargs: Any) -> PocketNet:
     return PocketNet(**{"channels": 32, "layers": 9, "embedding_size": 256, **kwargs})
 

@@ -1,0 +1,98 @@
+"""Embedding speed behind `pocketnas eval verify`, side by side in one run: PocketNetS-128 at batch 64 on 2 threads,
+on real aligned faces (the bundled ORL set, repeated), as
+
+  eager_nchw    the model as built (NCHW): what eval verify ran before channels-last
+  torch         pocketnas's TorchEmbedder (channels-last, inference mode): what eval verify runs now
+  onnx          the exported ONNX file in ONNX Runtime (OnnxEmbedder)
+
+Prints images/s, ratios against eager_nchw, the time LFW's 12,000 images would take without and with the flip test
+(24,000 forward passes), and the fraction of this machine's float32 matrix-product peak measured in the same run
+(PocketNetS-128: 587 MFLOPs, i.e. 1.17 GFLOP counting a multiply-add as two, per image).
+
+    python bench/eval.py [--images 512] [--markdown FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_environment, run_main  # noqa: E402
+
+GFLOP_PER_IMAGE = 2 * 0.58711
+
+
+def matmul_peak(threads: int) -> float:
+    """GFLOP/s of a 2048 x 2048 float32 matrix product (median of 5)."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * 2048 ** 3 / statistics.median(times) / 1e9
+
+
+def main() -> None:
+    import numpy as np
+    import torch
+
+    import pocketnas
+    from pocketnas.data import FolderDataset, orl_root
+    from pocketnas.models.calibrate import calibrate_batchnorm
+    from pocketnas.models.embedders import OnnxEmbedder, TorchEmbedder, embed_images
+    from pocketnas.models.export import export_onnx
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    print_environment()
+    torch.set_num_threads(args.threads)
+    ds = FolderDataset(orl_root(), train=False)
+    faces = ds.batch_uint8(range(len(ds))).numpy()
+    faces = np.concatenate([faces] * (args.images // len(faces) + 1))[: args.images]
+    torch.manual_seed(0)
+    model = pocketnas.create_model("pocketnet_s_128")
+    calibrate_batchnorm(model, pocketnas.data.normalize(torch.as_tensor(faces[:256])).split(64))
+    model.eval()
+    peak = matmul_peak(args.threads)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = os.path.join(tmp, "s128.onnx")
+        export_onnx(model, onnx_path)
+        embedders = {"eager_nchw": TorchEmbedder(copy.deepcopy(model), channels_last=False)}
+        reference = embed_images(embedders["eager_nchw"], faces[:64], 64, flip=False, progress=False)
+        embedders["torch"] = TorchEmbedder(model)
+        embedders["onnx"] = OnnxEmbedder(onnx_path, threads=args.threads)
+        for name, e in embedders.items():
+            embed_images(e, faces[:64], 64, flip=False, progress=False)  # warm-up
+            t = time.perf_counter()
+            out = embed_images(e, faces, 64, flip=False, progress=False)
+            seconds = time.perf_counter() - t
+            first = out[:64]
+            rel = float(np.max(np.linalg.norm(first - reference, axis=1) / np.linalg.norm(reference, axis=1)))
+            rows[name] = {"ips": len(faces) / seconds, "rel": rel}
+    base = rows["eager_nchw"]["ips"]
+    print(f"\nembedding {len(faces)} aligned faces, PocketNetS-128, batch 64, {args.threads} threads; "
+          f"matrix-product peak {peak:.0f} GFLOP/s")
+    print(f"{'path':<12}{'images/s':>10}{'vs eager':>10}{'LFW s':>8}{'LFW+flip s':>12}{'of peak':>9}{'max rel diff':>14}")
+    for name, r in rows.items():
+        print(f"{name:<12}{r['ips']:>10.1f}{r['ips'] / base:>9.2f}x{12000 / r['ips']:>8.0f}{24000 / r['ips']:>12.0f}"
+              f"{r['ips'] * GFLOP_PER_IMAGE / peak:>9.1%}{r['rel']:>14.1e}")
+    print(f"\nflip test with the default path / eager without flip: {2 * base / rows['torch']['ips']:.2f}x the time "
+          f"(issue target <= 0.42x)")
+
+
+if __name__ == "__main__":
+    run_main(main)

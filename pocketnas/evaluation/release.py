@@ -1,0 +1,105 @@
+"""Weights to ship inside the package: a trained checkpoint, stored at half precision where that leaves
+verification unchanged, with the figures its pretrained configuration (``models.registry.PretrainedCfg``) records.
+
+``release_weights`` evaluates the checkpoint on ``.bin`` sets at full precision, writes it with float16 tensors,
+evaluates the written file again, and keeps float16 only when every set's accuracy (with and without the flip test)
+is identical to three decimals of a percent and the decision thresholds within one step of the folds' grid; otherwise it writes float32 and
+says why. The file records the verification threshold of the flip test (``meta["verification"]``: what
+``pocketnas verify`` decides with, flip being its default), and the report gives the sha256 to register.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..metrics.verification import cosine_threshold, evaluate_pairs, verification_record
+from ..models.checkpoint import file_digest, read_checkpoint, save
+from ..models.embedders import TorchEmbedder, embed_images
+from ..models.factory import load
+
+logger = logging.getLogger(__name__)
+
+# the folds choose thresholds on a grid of 0.01 in squared distance, 0.005 in cosine: one step is not a change
+THRESHOLD_TOLERANCE = 0.0051
+
+
+def _summary(plain: np.ndarray, mirrored: np.ndarray, issame) -> Dict[str, Any]:
+    nf, fl = evaluate_pairs(plain, issame), evaluate_pairs(plain + mirrored, issame)
+    return {"accuracy": float(nf["accuracy_mean"]), "accuracy_std": float(nf["accuracy_std"]),
+            "accuracy_flip": float(fl["accuracy_mean"]), "auc": float(nf["auc"]), "eer": float(nf["eer"]),
+            "threshold": cosine_threshold(nf), "threshold_flip": cosine_threshold(fl),
+            "record": verification_record("", {**fl, "flip": True})}
+
+
+def _evaluate(paths: Sequence[str], bins: Sequence[str], batch_size: int, progress: bool
+              ) -> List[Dict[str, Dict[str, Any]]]:
+    """Each model's results on each set, every set decoded once for all the models."""
+    from ..data.binfile import read_bin
+
+    embedders = [TorchEmbedder(load(p)) for p in paths]
+    out: List[Dict[str, Dict[str, Any]]] = [{} for _ in paths]
+    for b in bins:
+        name = os.path.splitext(os.path.basename(b))[0]
+        images, issame = read_bin(b, size=embedders[0].input_size, progress=progress)
+        mirror = np.ascontiguousarray(images[..., ::-1])
+        for i, e in enumerate(embedders):
+            plain = embed_images(e, images, batch_size, flip=False, progress=progress, desc=f"{name}: model {i + 1}")
+            mirrored = embed_images(e, mirror, batch_size, flip=False, progress=progress,
+                                    desc=f"{name}: model {i + 1}, mirrors")
+            out[i][name] = _summary(plain, mirrored, issame)
+            out[i][name]["record"]["set"] = name
+    return out
+
+
+def same_verification(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
+    """None when two sets of results agree to three decimals of a percent (accuracies) and within one grid step
+    (thresholds), else what differs."""
+    for name in a:
+        for key in ("accuracy", "accuracy_flip"):
+            if round(100 * a[name][key], 3) != round(100 * b[name][key], 3):
+                return f"{name} {key}: {100 * a[name][key]:.3f} % at float32, {100 * b[name][key]:.3f} % at float16"
+        for key in ("threshold", "threshold_flip"):
+            if abs(a[name][key] - b[name][key]) > THRESHOLD_TOLERANCE:
+                return f"{name} {key}: {a[name][key]:.4f} at float32, {b[name][key]:.4f} at float16"
+    return None
+
+
+def release_weights(model_path: str, out_path: str, bins: Sequence[str], fp16: bool = True, batch_size: int = 64,
+                    progress: bool = True, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write ``model_path`` (a pocketnas checkpoint) as the file to ship at ``out_path``; see the module docstring.
+    Returns {file, sha256, storage, why_float32, results (per set), pretrained_cfg (keyword arguments)}."""
+    if not bins:
+        raise InputError("release needs at least one .bin set to measure the weights on (e.g. lfw.bin)")
+    for b in bins:
+        if not os.path.isfile(b):
+            raise InputError(f"{b}: no such .bin file")
+    record = read_checkpoint(model_path)  # a damaged or foreign file stops here, before any evaluation
+    model = load(model_path)
+    keep = {k: v for k, v in record.get("meta", {}).items() if k in ("epoch", "step", "recipe", "training")}
+    why = None
+    if fp16:
+        save(model, out_path, {**keep, **(meta or {})}, storage_dtype=torch.float16)
+        full, half = _evaluate([model_path, out_path], bins, batch_size, progress)
+        why = same_verification(full, half)
+        results, storage = (half, "float16") if why is None else (full, "float32")
+        if why is not None:
+            logger.warning("float16 changes verification (%s): writing float32", why)
+    else:
+        (results,), storage = _evaluate([model_path], bins, batch_size, progress), "float32"
+    first = next(iter(results))
+    own_meta = {**keep, **(meta or {}), "verification": results[first]["record"]}
+    save(model, out_path, own_meta, storage_dtype=torch.float16 if storage == "float16" else None)
+    for r in results.values():
+        r.pop("record")
+    first_r = results[first]
+    return {"file": out_path, "sha256": file_digest(out_path), "storage": storage, "why_float32": why,
+            "results": results, "bytes": os.path.getsize(out_path),
+            "pretrained_cfg": {"file": os.path.basename(out_path), "sha256": file_digest(out_path),
+                               "lfw_accuracy": round(first_r["accuracy"], 5),
+                               "lfw_accuracy_flip": round(first_r["accuracy_flip"], 5),
+                               "threshold": round(first_r["threshold_flip"], 4)}}
