@@ -166,7 +166,12 @@ def test_every_recipe_is_valid(recipe):
 
         assert search_config("pocketnet", os.path.join(packaged_yaml_dir("train"), recipe)).epochs >= 1
         return
-    cfg = load_config(TrainConfig, os.path.join(packaged_yaml_dir("train"), recipe))
+    import yaml
+
+    path = os.path.join(packaged_yaml_dir("train"), recipe)
+    with open(path, encoding="utf-8") as f:
+        needs_teacher = bool(yaml.safe_load(f).get("kd"))  # a distillation recipe takes its teacher from --teacher
+    cfg = load_config(TrainConfig, path, [], {"teacher": "sface_fp32.onnx"} if needs_teacher else None)
     assert cfg.epochs >= 1
 
 
@@ -201,3 +206,22 @@ def test_two_process_gloo_run(tmp_path):
     assert state["world_size"] == 2 and state["step"] == 3
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "on 2 process(es)" in log and "global batch 16" in log
+
+
+def test_init_backbone_starts_from_a_checkpoint_of_the_same_network(tmp_path):
+    """Continued training: the network of a new run starts from a model.pt's weights exactly (its own schedule,
+    head and optimiser fresh); a checkpoint of another network is refused before any work starts."""
+    from pocketnas.engine.trainer import Trainer
+
+    torch.manual_seed(3)
+    start = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=32)
+    pocketnas.save(start, str(tmp_path / "start.pt"))
+    trainer = Trainer(tiny(init_backbone=str(tmp_path / "start.pt")), str(tmp_path / "run"))
+    _assert_same_state(start.state_dict(), {k: v for k, v in trainer.backbone.state_dict().items()})
+    other = pocketnas.create_model("pocketnet", channels=8, layers=3, embedding_size=32)
+    pocketnas.save(other, str(tmp_path / "wide.pt"))
+    with pytest.raises(pocketnas.CheckpointError, match="init_backbone .*wide.pt does not fit pocketnet"):
+        Trainer(tiny(init_backbone=str(tmp_path / "wide.pt")), str(tmp_path / "run2"))
+    pocketnas.save(pocketnas.create_model("mobilefacenet"), str(tmp_path / "mfn.pt"))
+    with pytest.raises(ConfigError, match="mfn.pt holds a mobilefacenet, not this run's pocketnet"):
+        Trainer(tiny(init_backbone=str(tmp_path / "mfn.pt")), str(tmp_path / "run3"))

@@ -57,6 +57,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     grad_clip: float = 5.0
     init_head: Optional[str] = None         # a run's checkpoint.pt: start the margin head from its class centres
+    init_backbone: Optional[str] = None     # a pocketnas checkpoint of this arch: start the network from its weights
     # distillation
     kd: Optional[str] = None                # comma-separated losses: embedding, rkd, sp, hint (multistep, feature)
     teacher: Optional[str] = None           # model spec, or (multistep) a teacher run folder

@@ -43,6 +43,19 @@ from .validation import verify_bins
 logger = logging.getLogger(__name__)
 
 
+def load_backbone_weights(backbone: nn.Module, path: str, arch: str) -> None:
+    """Start ``backbone`` from the weights of a pocketnas checkpoint of the same architecture (continued training
+    with a new schedule, fine-tuning on other data); a file of another architecture, genotype or size is refused
+    before any work starts."""
+    from ..models.checkpoint import load_state_dict_checked, read_checkpoint
+
+    record = read_checkpoint(path)
+    if record["arch"] != arch:
+        raise ConfigError(f"init_backbone {path} holds a {record['arch']}, not this run's {arch}")
+    load_state_dict_checked(backbone, record["state_dict"], source=f"init_backbone {path}")
+    logger.info("backbone starts from %s (epoch %s of its run)", path, record.get("meta", {}).get("epoch", "?"))
+
+
 def load_head_weights(head: MarginHead, path: str) -> None:
     """Start ``head`` from the class centres of a ``pocketnas train`` run's ``checkpoint.pt`` (fine-tuning a pruned
     network with a fresh, random head would push the backbone with meaningless gradients)."""
@@ -164,6 +177,8 @@ class Trainer(Run):
             raise ConfigError("no training data: pass --data PATH (a RecordIO pack or an image folder)")
         self.backbone = (self._given_backbone if self._given_backbone is not None
                          else create_model(cfg.arch, **cfg.model_overrides()))
+        if cfg.init_backbone and self._given_backbone is None:
+            load_backbone_weights(self.backbone, cfg.init_backbone, cfg.arch)
         self.input_size = int(getattr(self.backbone, "input_size", 112))
         self.student_norm = self.backbone.pocketnas_cfg.input_norm
         self.kd_losses, multistep = cfg.kd_plan()
@@ -380,7 +395,8 @@ class Trainer(Run):
             cfg = self.cfg
             training = {"data": os.path.basename(os.path.normpath(cfg.data)), "epochs": cfg.epochs,
                         "kd": cfg.kd, "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
-                        "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight}
+                        "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight,
+                        "init_backbone": os.path.basename(cfg.init_backbone) if cfg.init_backbone else None}
             meta = {"epoch": self.epoch, "step": self.step, "arch": cfg.arch, "recipe": recipe_of(cfg),
                     "training": training}
             if self.verification is not None:  # the threshold `pocketnas verify` decides with
