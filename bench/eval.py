@@ -86,7 +86,8 @@ def main() -> None:
     base = rows["eager_nchw"]["ips"]
     print(f"\nembedding {len(faces)} aligned faces, PocketNetS-128, batch 64, {args.threads} threads; "
           f"matrix-product peak {peak:.0f} GFLOP/s")
-    print(f"{'path':<12}{'images/s':>10}{'vs eager':>10}{'LFW s':>8}{'LFW+flip s':>12}{'of peak':>9}{'max rel diff':>14}")
+    print(f"{'path':<12}{'images/s':>10}{'vs eager':>10}{'LFW s':>8}{'LFW+flip s':>12}{'of peak':>9}"
+          f"{'max rel diff':>14}")
     for name, r in rows.items():
         print(f"{name:<12}{r['ips']:>10.1f}{r['ips'] / base:>9.2f}x{12000 / r['ips']:>8.0f}{24000 / r['ips']:>12.0f}"
               f"{r['ips'] * GFLOP_PER_IMAGE / peak:>9.1%}{r['rel']:>14.1e}")

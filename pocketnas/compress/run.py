@@ -30,7 +30,8 @@ def bin_result(embedder, bin_path: str) -> Dict[str, Any]:
 
 
 def verification_accuracy(model: nn.Module, bin_path: Optional[str]) -> Optional[float]:
-    return bin_result(TorchEmbedder(model), bin_path)["accuracy_mean"] if bin_path else None
+    # channels_last=False: the network is pruned and fine-tuned in place afterwards (its masks need plain strides)
+    return bin_result(TorchEmbedder(model, channels_last=False), bin_path)["accuracy_mean"] if bin_path else None
 
 
 def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, batch_size: int = 32,
@@ -267,7 +268,7 @@ def export_model(model: nn.Module, fmt: str, out: str, calib: Optional[str] = No
     if bin_path:
         from ..models.embedders import OnnxEmbedder
 
-        embedders = {"pytorch": TorchEmbedder(model), "onnx_fp32": OnnxEmbedder(fp32)}
+        embedders = {"pytorch": TorchEmbedder(model, channels_last=False), "onnx_fp32": OnnxEmbedder(fp32)}
         if fmt == "onnx-int8":
             embedders["onnx_int8"] = OnnxEmbedder(out)
         report["verification"] = {k: {key: r[key] for key in ("set", "accuracy_mean", "accuracy_std")}

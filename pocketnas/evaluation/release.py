@@ -3,9 +3,10 @@ verification unchanged, with the figures its pretrained configuration (``models.
 
 ``release_weights`` evaluates the checkpoint on ``.bin`` sets at full precision, writes it with float16 tensors,
 evaluates the written file again, and keeps float16 only when every set's accuracy (with and without the flip test)
-is identical to three decimals of a percent and the decision thresholds within one step of the folds' grid; otherwise it writes float32 and
-says why. The file records the verification threshold of the flip test (``meta["verification"]``: what
-``pocketnas verify`` decides with, flip being its default), and the report gives the sha256 to register.
+is identical to three decimals of a percent and the decision thresholds stay within one step of the folds' grid;
+otherwise it writes float32 and says why. The file records the verification threshold of the flip test
+(``meta["verification"]``: what ``pocketnas verify`` decides with, flip being its default), and the report gives
+the sha256 to register.
 """
 from __future__ import annotations
 
