@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import InputError
-from ..metrics.verification import cosine_threshold, evaluate_pairs, verification_record
+from ..metrics.verification import cosine_threshold, verification_record
 from ..models.checkpoint import file_digest, read_checkpoint, save
-from ..models.embedders import TorchEmbedder, embed_images
+from ..models.embedders import TorchEmbedder
 from ..models.factory import load
+from .run import verification_report
 
 logger = logging.getLogger(__name__)
 
@@ -29,32 +29,19 @@ logger = logging.getLogger(__name__)
 THRESHOLD_TOLERANCE = 0.0051
 
 
-def _summary(plain: np.ndarray, mirrored: np.ndarray, issame) -> Dict[str, Any]:
-    nf, fl = evaluate_pairs(plain, issame), evaluate_pairs(plain + mirrored, issame)
+def _summary(report: Dict[str, Any]) -> Dict[str, Any]:
+    nf, fl = report["no_flip"], report["flip"]
+    record = verification_record(report["set"], {**fl, "flip": True})
     return {"accuracy": float(nf["accuracy_mean"]), "accuracy_std": float(nf["accuracy_std"]),
             "accuracy_flip": float(fl["accuracy_mean"]), "auc": float(nf["auc"]), "eer": float(nf["eer"]),
-            "threshold": cosine_threshold(nf), "threshold_flip": cosine_threshold(fl),
-            "record": verification_record("", {**fl, "flip": True})}
+            "threshold": cosine_threshold(nf), "threshold_flip": cosine_threshold(fl), "record": record}
 
 
-def _evaluate(paths: Sequence[str], bins: Sequence[str], batch_size: int, progress: bool
-              ) -> List[Dict[str, Dict[str, Any]]]:
-    """Each model's results on each set, every set decoded once for all the models."""
-    from ..data.binfile import read_bin
-
-    embedders = [TorchEmbedder(load(p)) for p in paths]
-    out: List[Dict[str, Dict[str, Any]]] = [{} for _ in paths]
-    for b in bins:
-        name = os.path.splitext(os.path.basename(b))[0]
-        images, issame = read_bin(b, size=embedders[0].input_size, progress=progress)
-        mirror = np.ascontiguousarray(images[..., ::-1])
-        for i, e in enumerate(embedders):
-            plain = embed_images(e, images, batch_size, flip=False, progress=progress, desc=f"{name}: model {i + 1}")
-            mirrored = embed_images(e, mirror, batch_size, flip=False, progress=progress,
-                                    desc=f"{name}: model {i + 1}, mirrors")
-            out[i][name] = _summary(plain, mirrored, issame)
-            out[i][name]["record"]["set"] = name
-    return out
+def _evaluate(path: str, bins: Sequence[str], batch_size: int, progress: bool) -> Dict[str, Dict[str, Any]]:
+    """One model's results on each set, as ``pocketnas eval verify`` measures them (without and with flip)."""
+    embedder = TorchEmbedder(load(path))
+    reports = [verification_report(embedder, b, batch_size=batch_size, progress=progress) for b in bins]
+    return {r["set"]: _summary(r) for r in reports}
 
 
 def same_verification(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
@@ -85,13 +72,14 @@ def release_weights(model_path: str, out_path: str, bins: Sequence[str], fp16: b
     why = None
     if fp16:
         save(model, out_path, {**keep, **(meta or {})}, storage_dtype=torch.float16)
-        full, half = _evaluate([model_path, out_path], bins, batch_size, progress)
+        full = _evaluate(model_path, bins, batch_size, progress)
+        half = _evaluate(out_path, bins, batch_size, progress)
         why = same_verification(full, half)
         results, storage = (half, "float16") if why is None else (full, "float32")
         if why is not None:
             logger.warning("float16 changes verification (%s): writing float32", why)
     else:
-        (results,), storage = _evaluate([model_path], bins, batch_size, progress), "float32"
+        results, storage = _evaluate(model_path, bins, batch_size, progress), "float32"
     first = next(iter(results))
     own_meta = {**keep, **(meta or {}), "verification": results[first]["record"]}
     save(model, out_path, own_meta, storage_dtype=torch.float16 if storage == "float16" else None)
