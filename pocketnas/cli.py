@@ -262,7 +262,7 @@ def _embedder(args: argparse.Namespace):
     from .models.embedders import load_embedder
 
     return load_embedder(args.model, arch=args.arch, pretrained=args.pretrained, input_norm=args.input_norm,
-                         threads=args.threads)
+                         threads=args.threads, engine=getattr(args, "engine", "torch"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -290,7 +290,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     embedder = _embedder(args)
-    meta = {"model": embedder.name, "input_norm": embedder.input_norm, "threads": args.threads}
+    meta = {"model": embedder.name, "input_norm": embedder.input_norm, "threads": args.threads,
+            "engine": embedder.engine}
     if args.eval_command == "cost":
         cost = run.model_cost(embedder, threads=args.threads)
         from .evaluation.cost import CostReport, format_cost_table
@@ -354,7 +355,7 @@ def _cmd_eval_config(args: argparse.Namespace) -> int:
         raise InputError("pocketnas eval --config needs --model")
     cfg = load_eval_config(args.config, args.eval_set or [])  # every set checked before the model is loaded
     embedder = load_embedder(args.config_model, arch=args.config_arch, pretrained=args.config_pretrained,
-                             input_norm=args.config_input_norm)
+                             input_norm=args.config_input_norm, engine="auto")
     results = run_eval_config(embedder, cfg)
     print(run.format_verify_table({k: r for k, r in results.items() if "accuracy_mean" in r}))
     for name, r in results.items():
@@ -445,6 +446,9 @@ def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", help="folder for roc.png and det.png (default: beside --json)")
     p.add_argument("--no-cost", action="store_true", help="leave the cost report out")
     p.add_argument("--no-latency", action="store_true", help="cost report without timings")
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what embeds a PyTorch model: auto (ONNX Runtime on the CPU when installed, exported in "
+                        "memory and checked against PyTorch on the first batch; else PyTorch), torch, onnxruntime")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,13 @@
 """One way to open an ONNX Runtime session on the CPU (thread count set, the exporter's notes silenced)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import InputError
 
 
-def cpu_session(path: str, threads: Optional[int] = None):
+def cpu_session(path: Union[str, bytes], threads: Optional[int] = None, name: Optional[str] = None):
+    """An ONNX Runtime CPU session of ``path`` (a file, or a serialised model's bytes, named ``name`` in errors)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -19,4 +20,4 @@ def cpu_session(path: str, threads: Optional[int] = None):
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise InputError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+        raise InputError(f"{name or path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None

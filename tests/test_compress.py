@@ -151,13 +151,18 @@ def test_init_head_refuses_a_head_of_other_identities(trained_tiny):
 
 
 def test_prelu_export_forms_equal_prelu_for_any_slope():
-    from pocketnas.models.export import PReLUAsMax, PReLUSplit
+    from pocketnas.models.export import PReLUAsDepthwise, PReLUAsMax, PReLUSplit
 
     prelu = torch.nn.PReLU(6)
     with torch.no_grad():
         prelu.weight.copy_(torch.tensor([0.0, 0.25, 1.0, -0.5, 1.7, 0.1]))
+    at_most_one = torch.nn.PReLU(6)
+    with torch.no_grad():
+        at_most_one.weight.copy_(torch.tensor([0.0, 0.25, 1.0, -0.5, -1.7, 0.1]))
     for x in (torch.randn(3, 6, 5, 5), torch.randn(4, 6)):  # after convolutions and after a linear layer
         assert torch.allclose(PReLUSplit(prelu)(x), prelu(x), atol=1e-6)
+        assert torch.allclose(PReLUAsDepthwise(prelu)(x), prelu(x), atol=1e-6)  # a slope above 1: relu first
+        assert torch.allclose(PReLUAsDepthwise(at_most_one)(x), at_most_one(x), atol=1e-6)  # relu after the scale
     in_range = torch.nn.PReLU(6)
     with torch.no_grad():
         in_range.weight.copy_(torch.tensor([0.0, 0.25, 1.0, 0.5, 0.7, 0.1]))
@@ -170,22 +175,27 @@ def test_prelu_export_forms_equal_prelu_for_any_slope():
 def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
     import onnx
 
-    from pocketnas.models.export import PReLUAsMax, PReLUSplit, export_onnx, runtime_friendly
+    from pocketnas.models.export import PReLUAsDepthwise, PReLUAsMax, PReLUSplit, export_onnx, runtime_friendly
 
     model = pocketnas.load(trained_tiny)
     prelus = [m for m in model.modules() if isinstance(m, torch.nn.PReLU)]
     with torch.no_grad():
-        prelus[0].weight[0] = -0.4  # a slope outside [0, 1]: that PReLU must take the general form
-    friendly = runtime_friendly(model)
-    kinds = [type(m) for m in friendly.modules() if isinstance(m, (PReLUAsMax, PReLUSplit, torch.nn.PReLU))]
-    assert PReLUSplit in kinds and PReLUAsMax in kinds and torch.nn.PReLU not in kinds
+        prelus[0].weight[0] = -0.4  # a slope outside [0, 1]: in the elementwise form that PReLU takes Split
+    forms = (PReLUAsMax, PReLUSplit, PReLUAsDepthwise, torch.nn.PReLU)
+    kinds = {type(m) for m in runtime_friendly(model, "elementwise").modules() if isinstance(m, forms)}
+    assert kinds == {PReLUSplit, PReLUAsMax}
+    kinds = [type(m) for m in runtime_friendly(model).modules() if isinstance(m, forms)]
+    assert set(kinds) == {PReLUAsDepthwise} and len(kinds) == len(prelus)
     assert sum(isinstance(m, torch.nn.PReLU) for m in model.modules()) == len(prelus)  # the model is untouched
     parity = export_checked(model, str(tmp_path / "fast.onnx"), face_crops(None, 32))
     assert parity["min_cosine"] > 0.9999
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "fast.onnx")).graph.node}
-    assert "PRelu" not in ops and "Max" in ops
-    export_onnx(model, str(tmp_path / "plain.onnx"), fast_prelu=False)
-    assert "PRelu" in {n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node}
+    fast = [n.op_type for n in onnx.load(str(tmp_path / "fast.onnx")).graph.node]
+    export_onnx(model, str(tmp_path / "plain.onnx"), prelu="onnx")
+    plain = [n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node]
+    assert "PRelu" not in fast and "Max" not in fast and "PRelu" in plain
+    assert fast.count("Conv") == plain.count("Conv") + 2 * plain.count("PRelu")  # every PReLU acts on a feature map
+    with pytest.raises(ValueError, match="PReLU export form 'fast'"):
+        runtime_friendly(model, "fast")
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from pocketnas.data import orl_root
 from pocketnas.models.calibrate import calibrate_batchnorm
 
 VERIFY_KEYS = {"pairs", "accuracy_mean", "accuracy_std", "fold_accuracy", "fold_threshold", "val_at_far_1e-3",
-               "val_std", "far", "auc", "eer", "seconds", "roc_fpr", "roc_tpr", "flip", "path"}
+               "val_std", "far", "auc", "eer", "seconds", "roc_fpr", "roc_tpr", "flip", "path", "seconds_decode",
+               "seconds_embed", "seconds_protocol", "engine"}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,9 @@ def test_verify_json_schema(tmp_path, tiny_model, shared):
     assert 0.5 < data["orl"]["accuracy_mean"] <= 1.0  # a random tiny net still beats chance on ORL
     meta = data["_meta"]
     assert meta["model"] == "tiny.pt" and meta["input_norm"] == "arcface" and meta["cost"]["params"] > 1000
+    assert meta["engine"] == data["orl"]["engine"] == "onnxruntime"  # the default (auto) where it is installed
+    split = sum(data["orl"][f"seconds_{k}"] for k in ("decode", "embed", "protocol"))
+    assert 0 < split <= data["orl"]["seconds"] + 1e-6
     assert all(os.path.getsize(p) > 5000 for p in meta["plots"])
 
 
@@ -57,6 +61,55 @@ def test_exported_onnx_declares_normalisation(tmp_path, tiny_model, orl_faces):
     images = FolderDataset(orl_root(), train=False).batch_uint8(range(0, 400, 40))
     a, b = onnx_emb(images), TorchEmbedder(model)(images)
     assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
+
+
+def test_onnxruntime_engine_equals_torch_on_the_bundled_pairs(shared):
+    """The engine eval verify uses by default (the model exported in memory, run by ONNX Runtime) against the
+    PyTorch path: ORL's 600 pairs give identical accuracies and thresholds with and without flip (and, below, the
+    shipped PocketNetS-128 weights the same embeddings to 1e-4 on real faces)."""
+    from pocketnas.evaluation.run import verification_report
+    from pocketnas.models.embedders import ExportedEmbedder, model_embedder
+
+    orl_bin = f"{shared}/data/orl/orl.bin"
+    torch.manual_seed(0)
+    small = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=32, input_size=56)
+    calibrate_batchnorm(small, [torch.randn(16, 3, 56, 56)])
+    ref = verification_report(model_embedder(small, engine="torch"), orl_bin, progress=False)
+    fast = model_embedder(small, engine="auto")
+    got = verification_report(fast, orl_bin, progress=False)
+    assert isinstance(fast, ExportedEmbedder) and got["engine"] == "onnxruntime" and ref["engine"] == "torch"
+    assert fast.max_rel_diff <= 1e-4
+    for key in ("no_flip", "flip"):
+        assert got[key]["accuracy_mean"] == ref[key]["accuracy_mean"], key
+        assert got[key]["fold_threshold"] == ref[key]["fold_threshold"], key
+        assert 0.6 < got[key]["accuracy_mean"] < 1.0
+
+
+@pytest.mark.slow
+def test_onnxruntime_engine_equals_torch_for_the_shipped_weights():
+    from pocketnas.data import FolderDataset
+    from pocketnas.models.embedders import TorchEmbedder, embed_images, model_embedder
+
+    faces = FolderDataset(orl_root(), train=False).batch_uint8(range(0, 400, 10)).numpy()  # 40 real faces
+    model = pocketnas.create_model("pocketnet_s_128", pretrained=True)
+    a = embed_images(TorchEmbedder(model, channels_last=False), faces, 20, flip=False, progress=False)
+    b = embed_images(model_embedder(model), faces, 20, flip=False, progress=False)
+    assert np.max(np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)) < 1e-4
+
+
+def test_onnxruntime_engine_falls_back_to_torch_when_it_disagrees(tiny_model, monkeypatch, caplog):
+    from pocketnas.data import FolderDataset
+    from pocketnas.models.embedders import ExportedEmbedder, TorchEmbedder
+
+    faces = FolderDataset(orl_root(), train=False).batch_uint8(range(8)).numpy()
+    monkeypatch.setattr(ExportedEmbedder, "tolerance", 0.0)  # float rounding alone now counts as disagreement
+    fast = ExportedEmbedder(pocketnas.load(tiny_model))
+    out = fast(faces)
+    assert fast.engine == "torch" and fast.max_rel_diff > 0 and "embedding with PyTorch" in caplog.text
+    assert np.array_equal(out, TorchEmbedder(pocketnas.load(tiny_model))(faces))
+    assert np.array_equal(fast(faces), out)
+    with pytest.raises(pocketnas.errors.InputError, match="engine 'fast'"):
+        pocketnas.models.embedders.model_embedder(pocketnas.load(tiny_model), engine="fast")
 
 
 @pytest.mark.slow

@@ -162,10 +162,10 @@ def _model_cost(genotype: Genotype, cfg) -> Tuple[int, float]:
 
 def _evaluate_run(run: str, bins: Sequence[str], flip: bool) -> Dict[str, Any]:
     from ..models import load
-    from ..models.embedders import TorchEmbedder
+    from ..models.embedders import model_embedder
     from .validation import verify_bins
 
-    results = verify_bins(TorchEmbedder(load(os.path.join(run, "model.pt"))), bins, flip=flip, progress=False)
+    results = verify_bins(model_embedder(load(os.path.join(run, "model.pt"))), bins, flip=flip, progress=False)
     return {stem: {"accuracy": r["accuracy_mean"], "accuracy_std": r["accuracy_std"], "auc": r["auc"],
                    "eer": r["eer"]} for stem, r in results.items()}
 

@@ -28,7 +28,7 @@ from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
 from ..metrics.verification import verification_record
 from ..models.checkpoint import atomic_torch_save, read_state, save
-from ..models.embedders import TorchEmbedder
+from ..models.embedders import TorchEmbedder, model_embedder
 from ..models import create_model
 from ..models.features import FeatureTap, feature_channels
 from . import distributed as dist_utils
@@ -522,9 +522,9 @@ class Trainer(Run):
         self.backbone.eval()
         try:
             # the training network's memory format is left as the run set it (a resume sees the same network)
-            results = verify_bins(TorchEmbedder(self.backbone, device=self.env.device,
-                                                channels_last=self.cfg.channels_last), self.cfg.val_bins,
-                                  flip=self.cfg.val_flip, progress=False)
+            embedder = model_embedder(self.backbone, engine="auto", device=self.env.device, threads=self.cfg.threads,
+                                      channels_last=self.cfg.channels_last)
+            results = verify_bins(embedder, self.cfg.val_bins, flip=self.cfg.val_flip, progress=False)
         finally:
             self.backbone.train()
         out = {}

@@ -22,10 +22,15 @@ def verify_bins(embedder: Embedder, bins: Sequence[str], flip: bool = True, batc
         stem = os.path.splitext(os.path.basename(path))[0]
         t0 = time.perf_counter()
         images, issame = read_bin(path, size=embedder.input_size, progress=progress)
+        t1 = time.perf_counter()
         emb = embed_images(embedder, images, batch_size, flip=flip, progress=progress, desc=f"embedding {stem}")
+        t2 = time.perf_counter()
         result = evaluate_pairs(emb, issame)
-        result.update(seconds=time.perf_counter() - t0, flip=flip, path=path)
+        t3 = time.perf_counter()
+        result.update(seconds=t3 - t0, seconds_decode=t1 - t0, seconds_embed=t2 - t1, seconds_protocol=t3 - t2,
+                      flip=flip, path=path, engine=getattr(embedder, "engine", "?"))
         results[stem] = result
-        logger.info("%s: %.2f%% +- %.2f (%d pairs, %.1f s)", stem, 100 * result["accuracy_mean"],
-                    100 * result["accuracy_std"], result["pairs"], result["seconds"])
+        logger.info("%s: %.2f%% +- %.2f (%d pairs, %.1f s: decode %.1f, embed %.1f on %s, protocol %.1f)", stem,
+                    100 * result["accuracy_mean"], 100 * result["accuracy_std"], result["pairs"], t3 - t0, t1 - t0,
+                    t2 - t1, result["engine"], t3 - t2)
     return results

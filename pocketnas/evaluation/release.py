@@ -19,7 +19,7 @@ import torch
 from ..errors import InputError
 from ..metrics.verification import cosine_threshold, verification_record
 from ..models.checkpoint import file_digest, read_checkpoint, save
-from ..models.embedders import TorchEmbedder
+from ..models.embedders import model_embedder
 from ..models.factory import load
 from .run import verification_report
 
@@ -39,7 +39,7 @@ def _summary(report: Dict[str, Any]) -> Dict[str, Any]:
 
 def _evaluate(path: str, bins: Sequence[str], batch_size: int, progress: bool) -> Dict[str, Dict[str, Any]]:
     """One model's results on each set, as ``pocketnas eval verify`` measures them (without and with flip)."""
-    embedder = TorchEmbedder(load(path))
+    embedder = model_embedder(load(path), engine="auto")
     reports = [verification_report(embedder, b, batch_size=batch_size, progress=progress) for b in bins]
     return {r["set"]: _summary(r) for r in reports}
 

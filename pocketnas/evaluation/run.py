@@ -66,11 +66,16 @@ def verification_report(embedder: Embedder, path: str, teacher: Optional[Embedde
 
     t0 = time.perf_counter()
     images, issame = read_bin(path, size=embedder.input_size, progress=progress)
+    t1 = time.perf_counter()
     plain = embed_images(embedder, images, batch_size, flip=False, progress=progress, desc="embedding")
     mirrored = embed_images(embedder, np.ascontiguousarray(images[..., ::-1]), batch_size, flip=False,
                             progress=progress, desc="embedding mirrors")
+    t2 = time.perf_counter()
     report: Dict[str, Any] = {"set": os.path.splitext(os.path.basename(path))[0], "path": path,
-                              "no_flip": evaluate_pairs(plain, issame), "flip": evaluate_pairs(plain + mirrored, issame)}
+                              "no_flip": evaluate_pairs(plain, issame), "flip": evaluate_pairs(plain + mirrored, issame),
+                              "engine": getattr(embedder, "engine", "?"), "seconds_decode": t1 - t0,
+                              "seconds_embed": t2 - t1}
+    report["seconds_protocol"] = time.perf_counter() - t2
     if teacher is not None or teacher_embeddings is not None:
         t_emb = teacher_embeddings
         if t_emb is None:
@@ -191,7 +196,7 @@ def finish_report(embedder: Embedder, results: Dict[str, Any], curves: Dict[str,
     file), and the JSON file itself (one object per set plus ``_meta``). Returns the meta written."""
     from .plots import plot_det, plot_roc
 
-    meta = dict(meta)
+    meta = dict(meta, engine=getattr(embedder, "engine", "?"))  # after the work: a failed check falls back to torch
     if cost:
         meta["cost"] = model_cost(embedder, threads=threads, latency=latency)
     plots = plots or (os.path.splitext(json_path)[0] + "_plots" if json_path else None)

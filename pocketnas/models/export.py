@@ -19,7 +19,7 @@ class PReLUAsMax(nn.Module):
 
     ONNX Runtime's ``PRelu`` kernel broadcasts a per-channel slope element by element; on PocketNetS-128 its
     101 PReLUs took 13 of 19 ms at batch 1 (profiled here), while ``Mul`` + ``Max`` do the same in a tenth of the
-    time. Used only for export (see :func:`runtime_friendly`)."""
+    time. The ``elementwise`` export form (see :func:`runtime_friendly`)."""
 
     def __init__(self, prelu: nn.PReLU):
         super().__init__()
@@ -39,14 +39,45 @@ class PReLUSplit(PReLUAsMax):
         return torch.relu(x) + self._slope(x) * torch.clamp(x, max=0.0)
 
 
-def runtime_friendly(model: nn.Module) -> nn.Module:
+class PReLUAsDepthwise(PReLUAsMax):
+    """PReLU on feature maps as 1x1 depthwise convolutions: ``conv_a(x) + relu(conv_(1-a)(x))`` when every slope
+    is at most 1 (then relu((1 - a) x) = (1 - a) relu(x), bit for bit), else ``conv_a(x) + conv_(1-a)(relu(x))``;
+    both equal a x + (1 - a) relu(x). On vectors (after a linear layer) the elementwise ``a x + (1 - a) relu(x)``.
+
+    ONNX Runtime's CPU graph optimiser (level ALL) runs convolutions in its blocked NCHWc layout but elementwise
+    ``Mul``/``Max`` with a per-channel operand in plain NCHW, so every elementwise PReLU between two convolutions
+    costs a reorder out of and back into the blocked layout: 4.5 of PocketNetS-128's 14 ms at batch 1 on one thread
+    (profiled here with the shipped weights, where 65 of 152 PReLUs have negative slopes and none a slope above 1).
+    As convolutions the graph stays blocked from the stem to the embedding, and the optimiser fuses the ReLU and the
+    ``Add`` into them: 0.61x the elementwise form's latency (``bench/infer.py``). The ``depthwise`` export form."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            slope = self._slope(x)
+            return x * slope + torch.relu(x) * (1 - slope)
+        weight = self.slope.reshape(-1, 1, 1, 1)
+        groups = weight.shape[0]
+        linear = torch.nn.functional.conv2d(x, weight, groups=groups)
+        if bool((self.slope <= 1).all()):
+            return linear + torch.relu(torch.nn.functional.conv2d(x, 1 - weight, groups=groups))
+        return linear + torch.nn.functional.conv2d(torch.relu(x), 1 - weight, groups=groups)
+
+
+PRELU_FORMS = ("depthwise", "elementwise", "onnx")
+
+
+def runtime_friendly(model: nn.Module, form: str = "depthwise") -> nn.Module:
     """A copy of ``model`` for export with every ``nn.PReLU`` replaced by an equal formulation that ONNX Runtime
-    runs fast (:class:`PReLUAsMax` when the slopes lie in [0, 1], else :class:`PReLUSplit`); ``model`` itself is
-    left untouched. The export's parity check compares the file with the original model."""
+    runs fast: ``depthwise`` (:class:`PReLUAsDepthwise`, the default) or ``elementwise`` (:class:`PReLUAsMax`
+    when the slopes lie in [0, 1], else :class:`PReLUSplit`: what pocketnas exported before); ``onnx`` keeps
+    ``nn.PReLU`` (ONNX ``PRelu``). ``model`` itself is left untouched; the export's parity check compares the file
+    with the original model."""
     import copy
 
+    if form not in PRELU_FORMS:
+        raise ValueError(f"PReLU export form {form!r}: one of {', '.join(PRELU_FORMS)}")
     targets = [name for name, m in model.named_modules() if isinstance(m, nn.PReLU)]
-    if not targets:
+    if not targets or form == "onnx":
         return model
     out = copy.deepcopy(model)
     for name in targets:
@@ -54,7 +85,11 @@ def runtime_friendly(model: nn.Module) -> nn.Module:
         parent = out.get_submodule(parent_name) if parent_name else out
         prelu = getattr(parent, child)
         w = prelu.weight.detach()
-        setattr(parent, child, (PReLUAsMax if bool(((w >= 0) & (w <= 1)).all()) else PReLUSplit)(prelu))
+        if form == "depthwise":
+            kind = PReLUAsDepthwise
+        else:
+            kind = PReLUAsMax if bool(((w >= 0) & (w <= 1)).all()) else PReLUSplit
+        setattr(parent, child, kind(prelu))
     return out
 
 
@@ -75,15 +110,15 @@ def model_metadata(model: nn.Module, input_norm: Optional[str] = None) -> Dict[s
 
 
 def export_onnx(model: nn.Module, path: str, opset: int = DEFAULT_OPSET, input_norm: Optional[str] = None,
-                metadata: Optional[Dict[str, str]] = None, fast_prelu: bool = True) -> str:
+                metadata: Optional[Dict[str, str]] = None, prelu: str = "depthwise") -> str:
     """Export ``model`` (eval mode, dynamic batch) to ``path`` with its input normalisation in the metadata;
-    with ``fast_prelu`` PReLUs are written as equal elementwise operations ONNX Runtime runs faster
-    (:func:`runtime_friendly`)."""
+    PReLUs are written in the ``prelu`` form (:func:`runtime_friendly`: by default as equal operations ONNX
+    Runtime runs faster than its ``PRelu``)."""
     import onnx
 
     was_training = model.training
     model.eval()
-    graph_model = runtime_friendly(model) if fast_prelu else model
+    graph_model = runtime_friendly(model, prelu)
     size = int(getattr(model, "input_size", 112))
     param = next(model.parameters())
     dummy = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
