@@ -89,9 +89,6 @@ class MicroBatchRunner:
             outs = list(self._pool.map(self._one, chunks))
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def __getstate__(self):  # a thread pool does not pickle (DataLoader workers); a new one starts on first use
-        return {**self.__dict__, "_pool": None}
-
 
 class ExportedEmbedder(TorchEmbedder):
     """A PyTorch model run by ONNX Runtime: exported once (in memory, PReLU in its fast form) and checked against
