@@ -38,6 +38,23 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) -> 
     return statistics.median(times)
 
 
+def matmul_peak(threads: int) -> float:
+    """This machine's float32 compute peak as measured now: GFLOP/s of a 2048 x 2048 matrix product on ``threads``
+    threads (median of 5), the ceiling every benchmark states its fraction of (the machine's speed drifts)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048 ** 3 / median_time(lambda: a @ b, warmup=1, repeats=5) / 1e9
+
+
+def copy_bandwidth(threads: int, megabytes: int = 256) -> float:
+    """This machine's memory bandwidth as measured now: GB/s of a copy between two ``megabytes`` float32 buffers
+    (far past every cache), counting the bytes read and the bytes written (median of 5)."""
+    torch.set_num_threads(threads)
+    a = torch.ones(megabytes * 2 ** 20 // 4)
+    b = torch.empty_like(a)
+    return 2 * a.numel() * 4 / median_time(lambda: b.copy_(a), warmup=1, repeats=5) / 1e9
+
+
 class _Tee:
     def __init__(self, *streams):
         self.streams = streams

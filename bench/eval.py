@@ -22,26 +22,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_environment, run_main  # noqa: E402
+from common import matmul_peak, print_environment, run_main  # noqa: E402
 
 GFLOP_PER_IMAGE = 2 * 0.58711
-
-
-def matmul_peak(threads: int) -> float:
-    """GFLOP/s of a 2048 x 2048 float32 matrix product (median of 5)."""
-    import statistics
-
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 2048 ** 3 / statistics.median(times) / 1e9
 
 
 def main() -> None:

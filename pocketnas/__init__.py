@@ -13,5 +13,19 @@ from .models import create_model, list_models, model_cfg
 
 from .version import __version__
 
+# subpackages reached as attributes (``pocketnas.data.normalize``) are imported on first use, not by
+# ``import pocketnas`` (PEP 562): the CLI's and the data pipeline's imports stay off the library's import time
+_SUBPACKAGES = ("compress", "data", "detection", "engine", "evaluation", "layers", "losses", "metrics", "models",
+                "nas")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["create_model", "list_models", "model_cfg", "load", "save", "Genotype", "GenotypeError",
            "get_genotype", "CheckpointError", "evaluate_pairs", "__version__"]

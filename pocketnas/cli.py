@@ -64,6 +64,18 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
     from .genotype import get_genotype
 
     genotype = get_genotype(args.spec).validate()
+    if args.compare:
+        from .genotype import genotype_agreement
+
+        other = get_genotype(args.compare).validate()
+        agreement = genotype_agreement(genotype, other)
+        print(f"{'cell':<8}{'same edges':>12}{'same inputs':>13}{'same ops':>10}   ({args.spec} against {args.compare})")
+        for cell, r in agreement.items():
+            print(f"{cell:<8}{r['edges']:>12.0%}{r['inputs']:>13.0%}{r['ops']:>10.0%}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(agreement, f, indent=2)
+        return 0
     print(genotype.to_json() if args.format == "json" else genotype.to_legacy())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
@@ -473,8 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("genotype", help="validate, convert and draw a genotype (name, .json, or legacy string)")
     s.add_argument("spec")
     s.add_argument("--format", choices=["json", "legacy"], default="json")
-    s.add_argument("--json", help="write it as JSON to this file")
+    s.add_argument("--json", help="write it (with --compare: the figures) as JSON to this file")
     s.add_argument("--draw", help="write normal.png and reduce.png into this folder")
+    s.add_argument("--compare", metavar="OTHER", help="print how far OTHER differs from it (shared edges, inputs, "
+                   "operations per cell; --json writes the figures) instead of printing it")
     s.set_defaults(func=_cmd_genotype)
 
     s = sub.add_parser("data", help="pack folders into RecordIO, make pairs .bin files, inspect data")

@@ -246,6 +246,32 @@ PUBLISHED: Dict[str, Genotype] = {
 }
 
 
+def genotype_agreement(a: "Genotype", b: "Genotype") -> Dict[str, Dict[str, float]]:
+    """How far two genotypes of one space differ, per cell and overall (the search-reproducibility question of Li
+    and Talwalkar, "Random Search and Reproducibility for NAS", UAI 2019: does the same search with another seed
+    derive the same cell?). Each figure is the fraction of the first genotype's edges kept by the second:
+
+    * ``edges``: the same operation on the same input of the same node;
+    * ``inputs``: the same input of the same node, whatever the operation (the cell's wiring);
+    * ``ops``: the operations as a multiset over the cell, wherever they sit (the histogram intersection).
+
+    1.0 for identical cells; two cells of different node counts compare over the shorter one's nodes."""
+    from collections import Counter
+
+    out: Dict[str, Dict[str, float]] = {}
+    for cell in ("normal", "reduce"):
+        ca, cb = getattr(a, cell), getattr(b, cell)
+        total = sum(len(node) for node in ca)
+        edges = inputs = 0
+        for na, nb in zip(ca, cb):
+            edges += sum((Counter(na) & Counter(nb)).values())
+            inputs += sum((Counter(i for _, i in na) & Counter(i for _, i in nb)).values())
+        ops = sum((Counter(op for node in ca for op, _ in node) & Counter(op for node in cb for op, _ in node)).values())
+        out[cell] = {"edges": edges / total, "inputs": inputs / total, "ops": ops / total}
+    out["both"] = {k: (out["normal"][k] + out["reduce"][k]) / 2 for k in ("edges", "inputs", "ops")}
+    return out
+
+
 def list_genotypes() -> Sequence[str]:
     return sorted(PUBLISHED)
 

@@ -118,3 +118,34 @@ def test_cell_diagram_png(tmp_path):
         img = np.asarray(Image.open(p).convert("RGB"))
         assert img.shape[0] > 300 and img.shape[1] > 600
         assert (img < 128).any() and (img == 255).any()  # something drawn on a white page
+
+
+def test_agreement_of_two_genotypes_by_hand():
+    """Identical genotypes agree fully; a hand-made variant of pocketnet_casia agrees by the counts worked out
+    here, per cell; the CLI prints and writes the same figures."""
+    import json
+    import subprocess
+    import sys
+
+    from pocketnas.genotype import genotype_agreement
+
+    casia = PUBLISHED["pocketnet_casia"]
+    assert all(v == 1.0 for r in genotype_agreement(casia, casia).values() for v in r.values())
+    normal = [list(node) for node in casia.normal]
+    # node 0 ('dw_conv_3x3', 0), ('dw_conv_1x1', 1): the first edge's operation changes (its input stays);
+    # node 3 ('dw_conv_3x3', 4), ('skip_connect', 0): the second edge's input changes (its operation stays)
+    assert normal[0][0] == ("dw_conv_3x3", 0) and normal[3][1] == ("skip_connect", 0)
+    normal[0][0] = ("dw_conv_5x5", 0)
+    normal[3][1] = ("skip_connect", 1)
+    other = Genotype(normal=normal, normal_concat=casia.normal_concat, reduce=casia.reduce,
+                     reduce_concat=casia.reduce_concat).validate()
+    got = genotype_agreement(casia, other)
+    # 8 normal edges: 6 identical, 7 with the same input; ops as a multiset: one 3x3 fewer, a second 5x5 -> 7/8
+    assert got["normal"] == {"edges": 6 / 8, "inputs": 7 / 8, "ops": 7 / 8}
+    assert got["reduce"] == {"edges": 1.0, "inputs": 1.0, "ops": 1.0}
+    assert got["both"]["edges"] == (6 / 8 + 1) / 2
+    out = subprocess.run([sys.executable, "-m", "pocketnas", "genotype", "pocketnet_casia", "--compare",
+                          other.to_json(indent=None)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[1:] for line in out.stdout.splitlines()[1:]] == [
+        ["75%", "88%", "88%"], ["100%", "100%", "100%"], ["88%", "94%", "94%"]]
