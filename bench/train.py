@@ -181,8 +181,6 @@ def traffic_mode(steps: int) -> dict:
     """Memory traffic of one training step on the two eager paths (torch's kernels, NCHW: ``plain``; pocketnas's
     kernels, channels-last: ``eager_cl``, the default path without torch.compile), with each path's measured step
     time beside it, and this machine's copy bandwidth and matrix-product peak measured in the same process."""
-    import statistics
-
     import torch
     import torch.nn.functional as F
 
@@ -191,7 +189,7 @@ def traffic_mode(steps: int) -> dict:
     from pocketnas.engine.process import tune_glibc_malloc
     from pocketnas.layers.kernels import use_torch_kernels
     from pocketnas.losses import MarginHead, build_margin
-    from common import copy_bandwidth, matmul_peak
+    from common import copy_bandwidth, matmul_peak, median_time
 
     torch.set_num_threads(2)
     tune_glibc_malloc()
@@ -218,17 +216,11 @@ def traffic_mode(steps: int) -> dict:
             loss.backward()
             opt.step()
 
-        step()
-        step()
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
+        step_s = median_time(step, warmup=2, repeats=steps)
         traffic = _Traffic()
         with traffic.mode:
             step()
-        out["paths"][path] = {"step_s": statistics.median(times), "bytes": dict(traffic.bytes.most_common())}
+        out["paths"][path] = {"step_s": step_s, "bytes": dict(traffic.bytes.most_common())}
     return out
 
 

@@ -255,7 +255,7 @@ def genotype_agreement(a: "Genotype", b: "Genotype") -> Dict[str, Dict[str, floa
     * ``inputs``: the same input of the same node, whatever the operation (the cell's wiring);
     * ``ops``: the operations as a multiset over the cell, wherever they sit (the histogram intersection).
 
-    1.0 for identical cells; two cells of different node counts compare over the shorter one's nodes."""
+    1.0 for identical cells; where the first cell has nodes the second lacks, their edges count as not kept."""
     from collections import Counter
 
     out: Dict[str, Dict[str, float]] = {}

@@ -19,17 +19,6 @@ def test_demo_on_bundled_faces(tmp_path, capsys):
     assert "reloaded bit-identically" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_search_train_evaluate_pipeline(tmp_path, capsys):
-    from pocketnas.demo import run_pipeline
-
-    out = run_pipeline(str(tmp_path), threads=2)
-    ev = out["evaluation"]
-    assert os.path.exists(out["search"]["genotype"]) and os.path.exists(out["train"]["model"])
-    # trained on 28 people, verified on 12 others: training must beat the same network untrained
-    assert ev["trained"]["accuracy_mean"] > ev["untrained (same network)"]["accuracy_mean"]
-    assert ev["trained"]["accuracy_mean"] > 0.7
-    assert all(os.path.getsize(p) > 5000 for p in out["plots"])
-    # shipped: an ONNX file that reproduces the trained network on real faces
-    assert os.path.getsize(out["ship"]["onnx"]) > 10_000 and out["ship"]["parity"]["min_cosine"] > 0.9999
-    assert out["ship"]["latency_ms_1thread"] > 0
+# The demo's search -> train -> evaluate -> ship pipeline (76 s here) is checked by .ci/run on the report that the
+# installed wheel's `pocketnas demo` writes (training beats the untrained network on 12 unseen people, above 70 %;
+# the ONNX file reproduces it): running it here as well cost an eighth of the suite's 10-minute budget.

@@ -225,3 +225,24 @@ def test_init_backbone_starts_from_a_checkpoint_of_the_same_network(tmp_path):
     pocketnas.save(pocketnas.create_model("mobilefacenet"), str(tmp_path / "mfn.pt"))
     with pytest.raises(ConfigError, match="mfn.pt holds a mobilefacenet, not this run's pocketnet"):
         Trainer(tiny(init_backbone=str(tmp_path / "mfn.pt")), str(tmp_path / "run3"))
+
+
+def test_resume_with_new_milestones_follows_the_new_schedule_from_its_first_step(tmp_path):
+    """A run stopped in epoch 2 of a schedule that decays at epoch 3, resumed with the decay moved to epoch 2: the
+    first resumed step already runs at lr x 0.1 (the optimizer state's saved rate was the old schedule's 0.1)."""
+    from pocketnas.engine.trainer import Trainer
+
+    run = str(tmp_path)
+    train(tiny(epochs=3, milestones=[3], stop_after_steps=4), run)
+    assert _weights(run)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1)
+    trainer = Trainer(tiny(epochs=3, milestones=[2]), run, resume=True)
+    try:
+        assert trainer.step == 4
+        assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([0.01] * 2)
+    finally:
+        trainer.close()
+    unchanged = Trainer(tiny(epochs=3, milestones=[3]), run, resume=True)
+    try:
+        assert [g["lr"] for g in unchanged.optimizer.param_groups] == pytest.approx([0.1] * 2)
+    finally:
+        unchanged.close()

@@ -382,6 +382,11 @@ class Trainer(Run):
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        # the optimizer state holds the learning rate the saved schedule set for this step; the next step runs at
+        # the one this run's schedule gives (the same value unless --resume changed epochs or milestones)
+        factor = lr_factor(self.cfg, self.step, self.steps_per_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
         if isinstance(self.teacher, FixedTeacher) and self.teacher.cache is not None:
             self.teacher.cache.forget_after(self.step)
         logger.info("resumed at epoch %d, batch %d (global step %d)", self.epoch + 1, self.batch_in_epoch, self.step)
