@@ -143,46 +143,16 @@ def views_mode(mode, steps, teacher, model, head, kd_loss, opt) -> dict:
     return {"mode": mode, "step_s": med, "images_per_s": BATCH / med, "warmup_s": warm}
 
 
-class _Traffic:
-    """Bytes each aten operation reads and writes (its tensor inputs, each storage once, plus its outputs; views
-    move nothing), per operation, under a TorchDispatchMode: what an unfused eager step must move through memory
-    when, as here, a batch's feature maps (megabytes each) are far larger than the caches."""
-
-    NO_TRAFFIC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
-
-    def __init__(self):
-        import collections
-
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counts = self.bytes = collections.Counter()
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                import torch
-                from torch.utils._pytree import tree_flatten
-
-                out = func(*args, **(kwargs or {}))
-                name = func.overloadpacket.__name__
-                if not func.is_view and name not in _Traffic.NO_TRAFFIC:
-                    seen, n = set(), 0
-                    for t in tree_flatten((args, kwargs))[0]:
-                        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                            seen.add(t.untyped_storage().data_ptr())
-                            n += t.numel() * t.element_size()
-                    n += sum(t.numel() * t.element_size() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
-                    counts[name] += n
-                return out
-
-        self.mode = Mode()
-
-
 def traffic_mode(steps: int) -> dict:
     """Memory traffic of one training step on the two eager paths (torch's kernels, NCHW: ``plain``; pocketnas's
     kernels, channels-last: ``eager_cl``, the default path without torch.compile), with each path's measured step
     time beside it, and this machine's copy bandwidth and matrix-product peak measured in the same process."""
+    import collections
+
     import torch
     import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
 
     import pocketnas
     from pocketnas.data import normalize
@@ -190,6 +160,30 @@ def traffic_mode(steps: int) -> dict:
     from pocketnas.layers.kernels import use_torch_kernels
     from pocketnas.losses import MarginHead, build_margin
     from common import copy_bandwidth, matmul_peak, median_time
+
+    class Traffic(TorchDispatchMode):
+        """Bytes each aten operation reads and writes (its tensor inputs, each storage once, plus its outputs; views
+        move nothing), per operation: what an unfused eager step must move through memory when, as here, a batch's
+        feature maps (megabytes each) are far larger than the caches."""
+
+        NO_TRAFFIC = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+        def __init__(self):
+            super().__init__()
+            self.bytes = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if not func.is_view and name not in self.NO_TRAFFIC:
+                seen, n = set(), 0
+                for t in tree_flatten((args, kwargs))[0]:
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                        seen.add(t.untyped_storage().data_ptr())
+                        n += t.numel() * t.element_size()
+                n += sum(t.numel() * t.element_size() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+                self.bytes[name] += n
+            return out
 
     torch.set_num_threads(2)
     tune_glibc_malloc()
@@ -217,8 +211,8 @@ def traffic_mode(steps: int) -> dict:
             opt.step()
 
         step_s = median_time(step, warmup=2, repeats=steps)
-        traffic = _Traffic()
-        with traffic.mode:
+        traffic = Traffic()
+        with traffic:
             step()
         out["paths"][path] = {"step_s": step_s, "bytes": dict(traffic.bytes.most_common())}
     return out
