@@ -567,7 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a teacher run folder")
     s.add_argument("--teacher-arch", help="architecture of a bare backbone.pth teacher")
     s.add_argument("--teacher-input-norm", choices=["arcface", "raw255"], help="for an ONNX teacher without metadata")
-    s.add_argument("--kd", choices=["embedding", "multistep", "feature"])
+    s.add_argument("--kd", metavar="NAME[,NAME]", help="distillation losses by name, comma-separated to combine "
+                   "(pocketnas.losses.DISTILL_LOSSES: embedding, rkd, sp, hint; multistep = embedding from a "
+                   "teacher run's epochs, feature = hint); checked with the recipe before training starts")
     s.add_argument("--save-every-epoch", action="store_true", help="keep epochs/epoch_NNN.pt (multi-step teachers)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")

@@ -66,3 +66,25 @@ def test_console_script_is_installed():
     proc = subprocess.run([exe, "models", "pocketnet_s*"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "pocketnet_s_128" in proc.stdout and "pocketnet_m_128" not in proc.stdout
+
+
+@pytest.mark.parametrize("kd", ["rkd", "sp", "embedding,sp", "hint", "feature", "multistep"])
+def test_train_kd_accepts_every_registered_loss(kd):
+    # every DISTILL_LOSSES name (and combinations) reaches the recipe through the command line, as `--kd` promises
+    from pocketnas.cli import build_parser
+    from pocketnas.engine.train_config import load_train_config
+
+    args = build_parser().parse_args(["train", "--out", "x", "--kd", kd, "--teacher", "sface.onnx"])
+    sets = ["hint_layers=[[cells.5, layer2]]"] if kd in ("hint", "feature") else []
+    cfg = load_train_config(args.config, sets, {"kd": args.kd, "teacher": args.teacher})
+    losses, multistep = cfg.kd_plan()
+    assert losses == [{"feature": "hint", "multistep": "embedding"}.get(n, n) for n in kd.split(",")]
+    assert multistep == (kd == "multistep")
+
+
+def test_train_kd_unknown_loss_is_refused_before_the_run_folder_exists(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path), "--out", str(out), "--kd", "embedding,rdk",
+                 "--teacher", "sface.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown distillation loss 'rdk'" in err and "rkd" in err and not out.exists()
