@@ -9,6 +9,7 @@ import torch
 
 import pocketnas
 from pocketnas.cli import main
+from pocketnas.losses import DISTILL_LOSSES
 from pocketnas.models.checkpoint import save_release_state_dict
 
 
@@ -68,9 +69,9 @@ def test_console_script_is_installed():
     assert "pocketnet_s_128" in proc.stdout and "pocketnet_m_128" not in proc.stdout
 
 
-@pytest.mark.parametrize("kd", ["rkd", "sp", "embedding,sp", "hint", "feature", "multistep"])
+@pytest.mark.parametrize("kd", [*DISTILL_LOSSES.names(), "feature", "multistep", "embedding,sp"])
 def test_train_kd_accepts_every_registered_loss(kd):
-    # every DISTILL_LOSSES name (and combinations) reaches the recipe through the command line, as `--kd` promises
+    # every DISTILL_LOSSES name, alias and combination reaches the recipe through the command line, as `--kd` promises
     from pocketnas.cli import build_parser
     from pocketnas.engine.train_config import load_train_config
 
