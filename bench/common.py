@@ -38,6 +38,10 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 7) -> 
     return statistics.median(times)
 
 
+# PocketNetS-128's forward at 112x112 in GFLOP, a multiply-add counted as two (587.11 MFLOPs, docs/evaluation.md)
+GFLOP_PER_IMAGE = 2 * 0.58711
+
+
 def matmul_peak(threads: int) -> float:
     """This machine's float32 compute peak as measured now: GFLOP/s of a 2048 x 2048 matrix product on ``threads``
     threads (median of 5), the ceiling every benchmark states its fraction of (the machine's speed drifts)."""

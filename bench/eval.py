@@ -22,9 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import matmul_peak, print_environment, run_main  # noqa: E402
-
-GFLOP_PER_IMAGE = 2 * 0.58711
+from common import GFLOP_PER_IMAGE, matmul_peak, print_environment, run_main  # noqa: E402
 
 
 def main() -> None:

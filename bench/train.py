@@ -29,10 +29,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SHARED, print_environment, run_main  # noqa: E402
+from common import GFLOP_PER_IMAGE, SHARED, print_environment, run_main  # noqa: E402
 
 BATCH = 32
-GFLOP_PER_IMAGE = 2 * 0.58711  # PocketNetS-128's forward at 112x112, a multiply-add counted as two
 
 
 def run_mode(mode: str, steps: int, teacher: str) -> dict:
