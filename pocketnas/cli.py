@@ -271,10 +271,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _embedder(args: argparse.Namespace):
+    import torch
+
+    from .config import check_device
     from .models.embedders import load_embedder
 
+    device = getattr(args, "device", "cpu")
+    check_device(device, "--device")  # before the model is read: a CUDA device this machine lacks is refused
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_embedder(args.model, arch=args.arch, pretrained=args.pretrained, input_norm=args.input_norm,
-                         threads=args.threads, engine=getattr(args, "engine", "torch"))
+                         device=device, threads=args.threads, engine=getattr(args, "engine", "torch"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -303,7 +310,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     embedder = _embedder(args)
     meta = {"model": embedder.name, "input_norm": embedder.input_norm, "threads": args.threads,
-            "engine": embedder.engine}
+            "engine": embedder.engine, "device": str(getattr(embedder, "device", "cpu"))}
     if args.eval_command == "cost":
         cost = run.model_cost(embedder, threads=args.threads)
         from .evaluation.cost import CostReport, format_cost_table
@@ -388,6 +395,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-norm", choices=["arcface", "raw255"],
                    help="input normalisation of an ONNX model without pocketnas metadata")
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--device", default="auto", help="where a PyTorch model embeds: auto (the first CUDA device when "
+                   "there is one, else the CPU), cpu, cuda, cuda:N")
 
 
 def _cmd_release(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ def test_verify_json_schema(tmp_path, tiny_model, shared):
     meta = data["_meta"]
     assert meta["model"] == "tiny.pt" and meta["input_norm"] == "arcface" and meta["cost"]["params"] > 1000
     assert meta["engine"] == data["orl"]["engine"] == "onnxruntime"  # the default (auto) where it is installed
+    assert meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
     split = sum(data["orl"][f"seconds_{k}"] for k in ("decode", "embed", "protocol"))
     assert 0 < split <= data["orl"]["seconds"] + 1e-6
     assert all(os.path.getsize(p) > 5000 for p in meta["plots"])
@@ -46,6 +47,22 @@ def test_onnx_model_needs_its_normalisation(tmp_path, capsys, shared):
     assert main(["eval", "verify", "--model", f"{shared}/weights/sface_fp32.onnx", "--bin",
                  f"{shared}/data/orl/orl.bin"]) == 2
     assert "does not declare its input normalisation; pass --input-norm" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_verify_on_a_missing_cuda_device_is_refused_before_the_work(tiny_model, shared, capsys, monkeypatch):
+    import pocketnas.models.factory as factory
+
+    def never(*a, **k):
+        raise AssertionError("the model was read before the device was checked")
+
+    monkeypatch.setattr(factory, "load_model", never)
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin",
+                 "--device", "cuda"]) == 2
+    assert "device 'cuda', but this machine has no CUDA device" in capsys.readouterr().err
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin",
+                 "--device", "gpu0"]) == 2
+    assert "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu0'" in capsys.readouterr().err
 
 
 def test_exported_onnx_declares_normalisation(tmp_path, tiny_model, orl_faces):

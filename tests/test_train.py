@@ -208,6 +208,34 @@ def test_two_process_gloo_run(tmp_path):
     assert "on 2 process(es)" in log and "global batch 16" in log
 
 
+@pytest.mark.distributed
+def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):
+    """torchrun with one process (a one-GPU machine) runs the same process-group path as many: DDP, all-reduce."""
+    import socket
+
+    import torch.distributed as dist
+
+    from pocketnas.engine import distributed as dist_utils
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    env = dist_utils.setup("cpu")
+    try:
+        assert env.distributed and env.world_size == 1 and dist.is_initialized() and dist.get_backend() == "gloo"
+        value = torch.tensor([1.0, 2.0, 3.0])
+        assert torch.equal(dist_utils.mean_across(env, value), value)
+    finally:
+        dist_utils.teardown(env)
+    assert not dist.is_initialized()
+    monkeypatch.delenv("MASTER_ADDR")  # a plain process: no group
+    plain = dist_utils.setup("cpu")
+    assert not plain.distributed and not dist.is_initialized()
+
+
 def test_init_backbone_starts_from_a_checkpoint_of_the_same_network(tmp_path):
     """Continued training: the network of a new run starts from a model.pt's weights exactly (its own schedule,
     head and optimiser fresh); a checkpoint of another network is refused before any work starts."""

@@ -14,6 +14,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    process_group: bool = False  # joined a process group (every torchrun launch, one process too)
 
     @property
     def is_main(self) -> bool:
@@ -21,11 +22,19 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Under torchrun: the model is wrapped in DDP and gradients are all-reduced, also for one process (so that
+        a one-GPU machine runs the same NCCL path as many)."""
+        return self.world_size > 1 or self.process_group
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (and ``torch.distributed.run``) sets the rendezvous variables of ``init_method="env://"``."""
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def setup(device: str = "auto") -> DistEnv:
-    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join the process group (NCCL on CUDA, gloo on CPU)."""
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; join the process group (NCCL on CUDA, gloo on CPU) whenever
+    torchrun launched the process, one process included."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -34,9 +43,10 @@ def setup(device: str = "auto") -> DistEnv:
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    group = world > 1 or launched_by_torchrun()
+    if group and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return DistEnv(rank, world, local, dev)
+    return DistEnv(rank, world, local, dev, process_group=group)
 
 
 def barrier(env: DistEnv) -> None:

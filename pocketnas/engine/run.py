@@ -3,12 +3,14 @@ claimed run folder (:mod:`.run_folder`), the run log (``log.txt``, ``tb/``, ``co
 run written to that log, and the close that releases all of it."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Dict
 
 from . import distributed as dist_utils
 from .run_folder import RunFolder
 from .runlog import close_run_log, log_run_failure, open_run_log
 
+logger = logging.getLogger(__name__)
 
 class Run:
     """Base of a run writing into ``out_dir``: subclasses set ``kind`` (``train``, ``search``) and implement
@@ -37,6 +39,11 @@ class Run:
     def _setup_logging(self) -> None:
         if self.env.is_main:
             self.tb, self._log_handler = open_run_log(self.out_dir, self.cfg)
+            if self.env.process_group:
+                import torch.distributed as dist
+
+                logger.info("torch.distributed: %s process group of %d on %s", dist.get_backend(),
+                            self.env.world_size, self.env.device)
 
     def close(self) -> None:
         close_run_log(self.tb, self._log_handler)
