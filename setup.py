@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx", "onnxruntime"],
-        "dev": ["pytest", "onnx", "onnxruntime"],
+        "dev": ["pytest", "pytest-xdist", "onnx", "onnxruntime"],
     },
     entry_points={"console_scripts": ["pocketnas=pocketnas.cli:main"]},
     classifiers=[

@@ -38,7 +38,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def check_step(device_name: str, batch: int, steps: int) -> dict:
+def check_step(device_name: str, batch: int, steps: int, compile_on_cpu: bool = True) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -51,7 +51,7 @@ def check_step(device_name: str, batch: int, steps: int) -> dict:
     if cuda:
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         modes += [("amp_channels_last", True, amp, False), ("amp_channels_last_compile", True, amp, True)]
-    else:
+    elif compile_on_cpu:  # minutes of inductor compilation on a CPU: the dry run (--quick) leaves it out
         modes += [("fp32_channels_last_compile", True, None, True)]
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, 112, 112), dtype=torch.uint8, generator=g).to(device)
@@ -156,15 +156,15 @@ def check_verify(device: str, model: str, work: str) -> dict:
         bin_path = os.path.join(work, "orl.bin")
         _run([sys.executable, "-m", "pocketnas", "data", "pairs", orl_root(), bin_path, "--pairs", "600"])
     res = {}
-    for where, extra in ((device, []), ("cpu", ["--engine", "torch"])):
-        js = os.path.join(work, f"verify_{where.replace(':', '_')}.json")
+    for key, where, extra in (("device", device, []), ("cpu_torch", "cpu", ["--engine", "torch"])):
+        js = os.path.join(work, f"verify_{key}.json")
         out = _run([sys.executable, "-m", "pocketnas", "eval", "verify", "--model", model, "--bin", bin_path,
                     "--device", where, "--no-latency", "--no-cost", "--json", js, *extra])
         r = json.load(open(js))
         stem = next(k for k in r if not k.startswith("_"))
-        res[where] = {"accuracy": r[stem]["accuracy_mean"], "seconds": out["seconds"],
+        res[key] = {"accuracy": r[stem]["accuracy_mean"], "seconds": out["seconds"],
                       "seconds_embed": r[stem]["seconds_embed"], "device": r["_meta"]["device"]}
-    a, b = res[device]["accuracy"], res["cpu"]["accuracy"]
+    a, b = res["device"]["accuracy"], res["cpu_torch"]["accuracy"]
     res["accuracy_difference"] = abs(a - b)
     return res
 
@@ -187,7 +187,7 @@ def main() -> int:
                          "cuda": torch.version.cuda}
     work = tempfile.mkdtemp(prefix="gpu_check_")
     batch, steps = (8, 2) if args.quick else (args.batch, args.steps)
-    checks = {"step": lambda: check_step(args.device, batch, steps),
+    checks = {"step": lambda: check_step(args.device, batch, steps, compile_on_cpu=not args.quick),
               "train": lambda: check_train(args.device, work, args.quick),
               "search": lambda: check_search(args.device, work, args.quick),
               "verify": lambda: check_verify(args.device, report["checks"]["train"]["model"], work)}

@@ -22,9 +22,20 @@ def pytest_addoption(parser):
                      help="run the tests marked release too: when shipped weights change (pocketnas release)")
 
 
+def _worker_threads() -> int:
+    """Threads for one pytest-xdist worker: the cores shared out among the workers (at least one each), so that
+    ``-n auto`` runs the workers side by side instead of oversubscribing the cores with their thread pools."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # inside a worker of `pytest -n N`
+        threads = _worker_threads()
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the subprocesses the tests start
+        torch.set_num_threads(threads)
 
 
 def _mentions_onnx(item) -> bool:
@@ -76,4 +87,9 @@ def orl_faces():
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Every test starts from seed 0 and leaves torch's thread count as it found it (the command lines under test set
+    their own ``--threads``, which would otherwise leak into the tests that follow in the same process)."""
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

@@ -96,19 +96,15 @@ def test_matches_the_reference_loops(n, seed):
     assert r["val_at_far_1e-3"] == pytest.approx(val)
 
 
-def test_scale_of_embeddings_does_not_matter_and_speed():
-    import time
-
+def test_scale_of_embeddings_does_not_matter():
+    # (its speed is measured by bench/eval.py, side by side with a baseline: a test asserts no absolute time)
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(12000, 128))
     same = np.tile([True] * 300 + [False] * 300, 10)
     emb[1::2][same] = emb[0::2][same] + rng.normal(size=(3000, 128))
-    t0 = time.perf_counter()
     a = evaluate_pairs(emb, same)
-    elapsed = time.perf_counter() - t0
     b = evaluate_pairs(emb * rng.uniform(0.1, 10, size=(12000, 1)), same)
     assert a["fold_accuracy"] == b["fold_accuracy"]
-    assert elapsed < 5  # generous: it takes ~0.02 s; a regression to per-threshold loops would take seconds
 
 
 def test_eer_on_known_distributions():
