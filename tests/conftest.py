@@ -35,7 +35,22 @@ def pytest_configure(config):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # inside a worker of `pytest -n N`
         threads = _worker_threads()
         os.environ["OMP_NUM_THREADS"] = str(threads)  # for the subprocesses the tests start
-        torch.set_num_threads(threads)
+        _cap_torch_threads(threads)
+
+
+def _cap_torch_threads(cap: int) -> None:
+    """In a worker, the ``--threads 2`` / ``threads: 2`` that the tests give the command lines would put more
+    OpenMP threads than cores on the machine (two workers x two threads on two cores), and OpenMP's spinning
+    barriers then run several times slower than either alone (measured: the trained-tiny fixture 31 s alone, 151 s
+    beside another worker). ``torch.set_num_threads`` is capped at the worker's share; what a test computes does
+    not depend on the thread count."""
+    original = torch.set_num_threads
+
+    def capped(n: int) -> None:
+        original(max(1, min(int(n), cap)))
+
+    original(cap)
+    torch.set_num_threads = capped
 
 
 def _mentions_onnx(item) -> bool:
