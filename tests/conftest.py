@@ -41,9 +41,9 @@ def pytest_configure(config):
 def _cap_torch_threads(cap: int) -> None:
     """In a worker, the ``--threads 2`` / ``threads: 2`` that the tests give the command lines would put more
     OpenMP threads than cores on the machine (two workers x two threads on two cores), and OpenMP's spinning
-    barriers then run several times slower than either alone (measured: the trained-tiny fixture 31 s alone, 151 s
-    beside another worker). ``torch.set_num_threads`` is capped at the worker's share; what a test computes does
-    not depend on the thread count."""
+    barriers then run several times slower (measured: the trained-tiny fixture 31 s in a serial run, 151 s beside
+    another worker). ``torch.set_num_threads`` is capped at the worker's share; no test asserts a thread count
+    above one."""
     original = torch.set_num_threads
 
     def capped(n: int) -> None:
