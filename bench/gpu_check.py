@@ -17,6 +17,7 @@ Writes DIR/gpu_check.json and DIR/gpu_check.md; exits 1 when a check failed (its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -71,9 +72,7 @@ def check_step(device_name: str, batch: int, steps: int, compile_on_cpu: bool = 
             x = pocketnas.data.normalize(images)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type,
-                                                                                                 enabled=False)
-            with ctx:
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
                 loss = F.cross_entropy(head(forward(x).float(), labels), labels)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -151,10 +150,8 @@ def check_search(device: str, work: str, quick: bool) -> dict:
 def check_verify(device: str, model: str, work: str) -> dict:
     from pocketnas.data import orl_root
 
-    bin_path = os.path.join(orl_root(), "orl.bin") if os.path.isfile(os.path.join(orl_root(), "orl.bin")) else None
-    if bin_path is None:
-        bin_path = os.path.join(work, "orl.bin")
-        _run([sys.executable, "-m", "pocketnas", "data", "pairs", orl_root(), bin_path, "--pairs", "600"])
+    bin_path = os.path.join(work, "orl.bin")  # 600 pairs of the bundled faces, made by `pocketnas data pairs`
+    _run([sys.executable, "-m", "pocketnas", "data", "pairs", orl_root(), bin_path, "--pairs", "600"])
     res = {}
     for key, where, extra in (("device", device, []), ("cpu_torch", "cpu", ["--engine", "torch"])):
         js = os.path.join(work, f"verify_{key}.json")

@@ -271,15 +271,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _embedder(args: argparse.Namespace):
-    import torch
-
-    from .config import check_device
+    from .config import check_device, resolve_device
     from .models.embedders import load_embedder
 
     device = getattr(args, "device", "cpu")
     check_device(device, "--device")  # before the model is read: a CUDA device this machine lacks is refused
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     return load_embedder(args.model, arch=args.arch, pretrained=args.pretrained, input_norm=args.input_norm,
                          device=device, threads=args.threads, engine=getattr(args, "engine", "torch"))
 

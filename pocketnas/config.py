@@ -185,5 +185,15 @@ def check_device(device: str, source: str) -> None:
         raise ConfigError(f"{source}: device 'mps' is not available on this machine")
 
 
+def resolve_device(device: str, cuda_index: int = 0) -> str:
+    """``auto`` -> ``cuda:N`` when CUDA is there (N: this process's local rank under torchrun), else ``cpu``; any
+    other name as given (check it first with :func:`check_device`)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return f"cuda:{cuda_index}" if torch.cuda.is_available() else "cpu"
+
+
 def config_to_yaml(obj: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(obj), sort_keys=False)

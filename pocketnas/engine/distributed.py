@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..config import resolve_device
+
 
 @dataclass
 class DistEnv:
@@ -38,9 +40,7 @@ def setup(device: str = "auto") -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(resolve_device(device, local))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     group = world > 1 or launched_by_torchrun()

@@ -12,6 +12,7 @@ from .runlog import close_run_log, log_run_failure, open_run_log
 
 logger = logging.getLogger(__name__)
 
+
 class Run:
     """Base of a run writing into ``out_dir``: subclasses set ``kind`` (``train``, ``search``) and implement
     ``_init(resume)``, which calls :meth:`_setup_logging` once it has checked what can be checked."""
