@@ -56,7 +56,8 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     grad_clip: float = 5.0
-    init_head: Optional[str] = None         # a run's checkpoint.pt: start the margin head from its class centres
+    init_head: Optional[str] = None         # a run's checkpoint.pt (its class centres), or "imprint": centres from
+    #                                         the starting network's embeddings of the training set (Qi et al. 2018)
     init_backbone: Optional[str] = None     # a pocketnas checkpoint of this arch: start the network from its weights
     # distillation
     kd: Optional[str] = None                # comma-separated losses: embedding, rkd, sp, hint (multistep, feature)

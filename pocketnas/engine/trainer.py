@@ -177,7 +177,7 @@ class Trainer(Run):
             raise ConfigError("no training data: pass --data PATH (a RecordIO pack or an image folder)")
         self.backbone = (self._given_backbone if self._given_backbone is not None
                          else create_model(cfg.arch, **cfg.model_overrides()))
-        if cfg.init_backbone and self._given_backbone is None:
+        if cfg.init_backbone and self._given_backbone is None and self.resume_state is None:  # resume restores it
             load_backbone_weights(self.backbone, cfg.init_backbone, cfg.arch)
         self.input_size = int(getattr(self.backbone, "input_size", 112))
         self.student_norm = self.backbone.pocketnas_cfg.input_norm
@@ -251,8 +251,8 @@ class Trainer(Run):
         self.head = None
         if self.labelled:
             self.head = MarginHead(emb_dim, self.faces.num_classes, build_margin(cfg.loss, **cfg.margin_kwargs()))
-            if cfg.init_head:
-                load_head_weights(self.head, cfg.init_head)
+            if cfg.init_head and self.resume_state is None:  # a resumed run restores its head instead
+                self._init_head(cfg.init_head)
         self.kd_modules: Dict[str, nn.Module] = {}
         self.hint_names = None
         for name in self.kd_losses:
@@ -273,6 +273,18 @@ class Trainer(Run):
             if cfg.kd_only_epochs:
                 logger.info("the first %d epoch(s) train on the teacher alone, then the margin loss joins",
                             cfg.kd_only_epochs)
+
+    def _init_head(self, source: str) -> None:
+        """``init_head``: a run's ``checkpoint.pt``, or ``imprint`` (centres from the starting network's own
+        embeddings of the training faces)."""
+        if source != "imprint":
+            load_head_weights(self.head, source)
+            return
+        from .imprint import imprint_head
+
+        imprint_head(self.head, self.backbone, self.faces, input_norm=self.student_norm,
+                     batch_size=self.cfg.batch_size, workers=self.cfg.workers, device=self.env.device,
+                     progress=self.env.is_main)
 
     def _hint_loss(self, cls, weight: float) -> nn.Module:
         teacher = getattr(self.teacher, "embedder", None)
