@@ -103,7 +103,7 @@ def test_live_teacher_in_workers_sees_the_students_pixels(small_teacher):
         assert live.shape == (8, 48) and (views == -1).all()
         with torch.no_grad():
             direct = teacher(pocketnas.data.normalize(images))
-        assert torch.allclose(live, direct, atol=1e-5)
+        assert torch.allclose(live, direct, rtol=1e-4, atol=1e-4)  # float rounding: workers run on other threads
         for i, k in enumerate(index.tolist()):
             assert torch.equal(images[i], samples[k][0])
         batches += 1
