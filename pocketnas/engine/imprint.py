@@ -18,48 +18,41 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.transforms import fit_size
-from ..models.embedders import model_embedder
+from ..models.embedders import embed_images, model_embedder
 
 logger = logging.getLogger(__name__)
 
 
 class _Images(Dataset):
-    """(uint8 image at the network's size, label) of each face: the aligned image, no augmentation."""
+    """(uint8 image, label) of each face: the aligned image as the dataset gives it, no augmentation."""
 
-    def __init__(self, faces, size: int):
-        self.faces, self.size = faces, size
+    def __init__(self, faces):
+        self.faces = faces
 
     def __len__(self) -> int:
         return len(self.faces)
 
     def __getitem__(self, index: int):
         image, label = self.faces.sample_uint8(index)
-        x = torch.from_numpy(image)
-        if x.shape[-1] != self.size:
-            x = fit_size(x.unsqueeze(0), self.size)[0].round().clamp(0, 255).to(torch.uint8)
-        return x, int(label)
+        return torch.from_numpy(image), int(label)
 
 
 def class_centres(backbone: nn.Module, faces, num_classes: int, input_norm: Optional[str] = None,
                   batch_size: int = 64, workers: int = 0, device: Union[str, torch.device] = "cpu",
                   flip: bool = True, progress: bool = True) -> torch.Tensor:
     """num_classes x D unit class centres of ``faces`` (``sample_uint8(i) -> (3 x H x W uint8, label)``) under
-    ``backbone`` (not modified: a copy embeds, in eval mode; with ``flip`` each embedding is the image's plus its
-    mirror's). A class without images keeps a zero row (its logit is 0 until training moves it)."""
+    ``backbone`` (not modified: a copy embeds, in eval mode; each image resized to the network's input as the
+    trainer resizes a view; with ``flip`` each embedding is the image's plus its mirror's). A class without images
+    keeps a zero row (its logit is 0 until training moves it)."""
     from tqdm import tqdm
 
-    model = copy.deepcopy(backbone).float().cpu() if torch.device(device).type == "cpu" else copy.deepcopy(backbone)
     size = int(getattr(backbone, "input_size", 112))
-    embedder = model_embedder(model, input_norm=input_norm, device=device)
+    embedder = model_embedder(copy.deepcopy(backbone), input_norm=input_norm, device=device)
     sums: Optional[np.ndarray] = None
     counts = np.zeros(num_classes, np.int64)
-    loader = DataLoader(_Images(faces, size), batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(_Images(faces), batch_size=batch_size, shuffle=False, num_workers=workers)
     for images, labels in tqdm(loader, desc="imprinting class centres", unit="batch", disable=not progress):
-        if flip:
-            both = embedder(torch.cat([images, images.flip(-1)]))
-            emb = both[:len(images)] + both[len(images):]
-        else:
-            emb = embedder(images)
+        emb = embed_images(embedder, fit_size(images, size).numpy(), len(images), flip=flip, progress=False)
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         if sums is None:
             sums = np.zeros((num_classes, emb.shape[1]), np.float64)
