@@ -39,6 +39,10 @@ ROWS = {
     "fm1000_nolabel": ("function matching without labels (teacher only, w=1000, the bank of fm1000)",
                        ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
                         "augment=true", "--set", "view_bank=8", "--set", "margin_weight=0"]),
+    "fm1000_sched": ("fm1000 with a teacher-only phase: the first 2 epochs on the teacher's loss alone, then joint "
+                     "with ArcFace (the same bank of views)",
+                     ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
+                      "augment=true", "--set", "view_bank=8", "--set", "kd_only_epochs=2"]),
     "rkd": ("relational KD (RKD distance + angle) + ArcFace, cached",
             ["--kd", "rkd", "--teacher", "{teacher}"]),
     "sp": ("similarity-preserving KD + ArcFace, cached", ["--kd", "sp", "--teacher", "{teacher}"]),
