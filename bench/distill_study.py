@@ -43,6 +43,11 @@ ROWS = {
                      "with ArcFace (the same bank of views)",
                      ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
                       "augment=true", "--set", "view_bank=8", "--set", "kd_only_epochs=2"]),
+    "fm1000_joint": ("fm1000_sched with the margin head imprinted, as it joins, by the network the teacher-only "
+                     "phase trained (Qi et al. 2018)",
+                     ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
+                      "augment=true", "--set", "view_bank=8", "--set", "kd_only_epochs=2", "--set",
+                      "imprint_at_joint=true"]),
     "rkd": ("relational KD (RKD distance + angle) + ArcFace, cached",
             ["--kd", "rkd", "--teacher", "{teacher}"]),
     "sp": ("similarity-preserving KD + ArcFace, cached", ["--kd", "sp", "--teacher", "{teacher}"]),

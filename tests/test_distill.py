@@ -207,6 +207,39 @@ def test_teacher_only_phase_then_joint(tmp_path, small_teacher):
     assert "kd" in history["epochs"][0] and "kd" in history["epochs"][1]
 
 
+@pytest.mark.slow
+def test_the_head_is_imprinted_as_the_margin_loss_joins_and_a_resume_at_that_boundary_imprints_the_same(
+        tmp_path, small_teacher, monkeypatch):
+    from pocketnas.config import ConfigError
+    from pocketnas.engine import trainer as trainer_module
+    from pocketnas.engine.imprint import class_centres
+
+    with pytest.raises(ConfigError, match="imprint_at_joint needs a teacher-only phase"):
+        tiny(kd="embedding", teacher=small_teacher, imprint_at_joint=True)
+    seen = []
+    original = trainer_module.Trainer._imprint_at_joint
+
+    def spy(self):
+        original(self)
+        expected = class_centres(self.backbone, self.faces, self.faces.num_classes, input_norm=self.student_norm,
+                                 progress=False)
+        seen.append((self.epoch, self.head.fc.weight.detach().clone(), expected))
+
+    monkeypatch.setattr(trainer_module.Trainer, "_imprint_at_joint", spy)
+    kw = dict(kd="embedding", teacher=small_teacher, kd_only_epochs=1, imprint_at_joint=True, epochs=2)
+    full = str(tmp_path / "full")
+    history = train(tiny(**kw), full)
+    assert "ce" not in history["epochs"][0] and "ce" in history["epochs"][1]
+    assert len(seen) == 1 and seen[0][0] == 1  # once, as epoch 2 starts
+    assert torch.allclose(seen[0][1], seen[0][2], atol=1e-5)  # the centres of the network after epoch 1
+    broken = str(tmp_path / "broken")  # killed after epoch 1's last step, before the head joined
+    assert train(tiny(**kw, stop_after_steps=3), broken)["stopped_at_step"] == 3 and len(seen) == 1
+    train(tiny(**kw), broken, resume=True)
+    assert len(seen) == 2 and torch.equal(seen[1][1], seen[0][1])
+    a, b = (torch.load(os.path.join(r, "checkpoint.pt"), weights_only=True)["model"] for r in (full, broken))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_student_at_56_learns_from_a_teacher_at_112_on_the_same_views(tmp_path, small_teacher):
     history = train(tiny(kd="embedding", teacher=small_teacher, augment=True, epochs=1,
                          model_kwargs={"channels": 4, "layers": 3, "embedding_size": 32, "input_size": 56}),

@@ -68,6 +68,8 @@ class TrainConfig:
     rkd_weight: float = 1.0                 # x (25 distance + 50 angle), Park et al.'s weights
     sp_weight: float = 3000.0               # Tung and Mori's gamma
     kd_only_epochs: int = 0                 # the first epochs train on the teacher's losses alone, then joint
+    imprint_at_joint: bool = False          # when the margin loss joins, its head starts from class centres
+    #                                         imprinted by the network the teacher-only phase made (Qi et al. 2018)
     teacher_cache: bool = True
     teacher_cache_dir: str = ""             # share the cache between runs: one subfolder per cache key, kept
     teacher_threads: int = 1                # threads of the teacher in each DataLoader worker (live teacher)
@@ -107,6 +109,9 @@ class TrainConfig:
         if self.kd_only_epochs and not (losses and 0 <= self.kd_only_epochs < self.epochs):
             raise ConfigError(f"{source}: kd_only_epochs needs kd and must lie in 0..epochs-1, got "
                               f"{self.kd_only_epochs}")
+        if self.imprint_at_joint and not (self.kd_only_epochs and self.margin_weight > 0):
+            raise ConfigError(f"{source}: imprint_at_joint needs a teacher-only phase (kd_only_epochs >= 1) and the "
+                              f"margin loss after it (margin_weight > 0)")
         if self.mixup_alpha < 0 or (self.mixup_alpha > 0 and self.margin_weight > 0):
             raise ConfigError(f"{source}: mixup_alpha must be >= 0, and mixing faces needs margin_weight=0 (a mix "
                               f"of two people has no identity label)")

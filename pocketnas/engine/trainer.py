@@ -271,8 +271,9 @@ class Trainer(Run):
                         ", ".join(f"{getattr(cfg, DISTILL_LOSSES.get(n).weight_key):g}" for n in self.kd_losses),
                         "" if self.labelled else "; no margin loss (margin_weight=0)")
             if cfg.kd_only_epochs:
-                logger.info("the first %d epoch(s) train on the teacher alone, then the margin loss joins",
-                            cfg.kd_only_epochs)
+                logger.info("the first %d epoch(s) train on the teacher alone, then the margin loss joins%s",
+                            cfg.kd_only_epochs, " with a head imprinted from the network" if cfg.imprint_at_joint
+                            else "")
 
     def _init_head(self, source: str) -> None:
         """``init_head``: a run's ``checkpoint.pt``, or ``imprint`` (centres from the starting network's own
@@ -285,6 +286,16 @@ class Trainer(Run):
         imprint_head(self.head, self.backbone, self.faces, input_norm=self.student_norm,
                      batch_size=self.cfg.batch_size, workers=self.cfg.workers, device=self.env.device,
                      progress=self.env.is_main)
+
+    def _imprint_at_joint(self) -> None:
+        """``imprint_at_joint``: as the margin loss joins (the first step of epoch ``kd_only_epochs``), its head's
+        centres are imprinted by the network the teacher-only phase trained, and the head's momentum (weight decay
+        alone, in that phase) is cleared. A run resumed after that step restores the head from its checkpoint; one
+        resumed at the epoch's boundary imprints, from the same network, the same centres."""
+        logger.info("the margin loss joins at epoch %d: imprinting its head from the network", self.epoch + 1)
+        self._init_head("imprint")
+        for p in self.head.parameters():
+            self.optimizer.state.pop(p, None)
 
     def _hint_loss(self, cls, weight: float) -> nn.Module:
         teacher = getattr(self.teacher, "embedder", None)
@@ -479,6 +490,9 @@ class Trainer(Run):
             while self.epoch < cfg.epochs:
                 if isinstance(self.teacher, MultiStepTeacher):
                     self.teacher.set_epoch(self.epoch)
+                if (cfg.imprint_at_joint and self.head is not None and self.epoch == cfg.kd_only_epochs
+                        and self.batch_in_epoch == 0):
+                    self._imprint_at_joint()
                 self.samples.set_epoch(self.epoch)
                 self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
                 sums: Dict[str, float] = {}
