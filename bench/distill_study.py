@@ -51,6 +51,8 @@ ROWS = {
     "rkd": ("relational KD (RKD distance + angle) + ArcFace, cached",
             ["--kd", "rkd", "--teacher", "{teacher}"]),
     "sp": ("similarity-preserving KD + ArcFace, cached", ["--kd", "sp", "--teacher", "{teacher}"]),
+    "sp300": ("similarity-preserving KD at a tenth of Tung and Mori's weight (300) + ArcFace, cached",
+              ["--kd", "sp", "--teacher", "{teacher}", "--set", "sp_weight=300"]),
     "ms_last": ("embedding KD w=100 from the iResNet-18 teacher's last checkpoint",
                 ["--kd", "embedding", "--teacher", "{torch_teacher}/model.pt", "--set", "kd_weight=100"]),
     "ms_multi": ("multi-step KD w=100: epoch e from the iResNet-18 teacher's epoch e",
