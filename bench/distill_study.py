@@ -48,6 +48,10 @@ ROWS = {
                      ["--kd", "embedding", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
                       "augment=true", "--set", "view_bank=8", "--set", "kd_only_epochs=2", "--set",
                       "imprint_at_joint=true"]),
+    "fm1000_sp300": ("fm1000 + similarity-preserving KD (w=300) on the same views: the teacher's function and its "
+                     "batch similarity structure",
+                     ["--kd", "embedding,sp", "--teacher", "{teacher}", "--set", "kd_weight=1000", "--set",
+                      "sp_weight=300", "--set", "augment=true", "--set", "view_bank=8"]),
     "rkd": ("relational KD (RKD distance + angle) + ArcFace, cached",
             ["--kd", "rkd", "--teacher", "{teacher}"]),
     "sp": ("similarity-preserving KD + ArcFace, cached", ["--kd", "sp", "--teacher", "{teacher}"]),
