@@ -74,6 +74,19 @@ def test_resume_is_bit_exact(tmp_path, tiny_teacher):
     assert "resumed at epoch 2, batch 1 (global step 4)" in open(os.path.join(broken, "log.txt")).read()
 
 
+def test_a_run_stopped_as_asked_leaves_its_backbone(tmp_path):
+    """stop_after_steps writes model.pt as well as checkpoint.pt: the weights at that step, ready to release."""
+    from pocketnas.models.checkpoint import read_checkpoint
+
+    run = str(tmp_path)
+    train(tiny(stop_after_steps=2), run)  # epoch 1 of 3 steps, stopped in it: no epoch ended
+    record = read_checkpoint(os.path.join(run, "model.pt"))
+    assert record["meta"]["step"] == 2 and record["meta"]["epoch"] == 0
+    trained = _weights(run)["model"]
+    prefix = "backbone."
+    _assert_same_state(record["state_dict"], {k[len(prefix):]: v for k, v in trained.items() if k.startswith(prefix)})
+
+
 def test_resume_refuses_a_different_data_order(tmp_path):
     run = str(tmp_path)
     train(tiny(stop_after_steps=2), run)

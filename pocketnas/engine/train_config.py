@@ -86,7 +86,7 @@ class TrainConfig:
     log_every: int = 10
     save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
     save_every_epoch: bool = False          # keep epochs/epoch_NNN.pt (a multi-step teacher needs them)
-    stop_after_steps: int = 0               # stop (after a checkpoint) at this global step: interruption drills
+    stop_after_steps: int = 0               # stop at this global step, after a checkpoint and model.pt
 
     def validate(self, source: str = "config") -> None:
         from ..losses.margins import MARGINS

@@ -516,6 +516,8 @@ class Trainer(Run):
                         self.save_checkpoint()
                     if cfg.stop_after_steps and self.step >= cfg.stop_after_steps:
                         self.save_checkpoint()
+                        # the backbone as it stands, for evaluation or release (meta records epoch and step)
+                        self.save_backbone(os.path.join(self.out_dir, "model.pt"))
                         logger.info("stopping at step %d as asked (stop_after_steps)", self.step)
                         history["stopped_at_step"] = self.step
                         return history
