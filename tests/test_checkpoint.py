@@ -141,5 +141,5 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
 def test_pretrained_true_without_registered_weights_is_clear():
     with pytest.raises(CheckpointError, match="no pretrained weights ship for pocketnet_m_256 .*with weights: "
-                                              "pocketnet_s_128"):
+                                              "pocketnet_m_128, pocketnet_s_128"):
         pocketnas.create_model("pocketnet_m_256", pretrained=True)
