@@ -182,10 +182,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_nas_eval(args: argparse.Namespace) -> int:
-    from .engine.nas_eval import format_table, load_entries, nas_eval
+    from .engine.nas_eval import format_table, load_entries, nas_eval, parse_shard
 
+    shard = parse_shard(args.shard)
     report = nas_eval(load_entries(args.genotypes), args.data, args.bin, args.out, args.seeds, args.config,
-                      args.set or [], flip=args.flip)
+                      args.set or [], flip=args.flip, proxies=[] if args.no_proxies else args.proxies, shard=shard)
+    if not report["complete"]:
+        print(f"shard {args.shard} finished its runs; {len(report['pending'])} run(s) of other shards are still to "
+              f"finish ({', '.join(report['pending'])}): the last shard to finish writes the table")
+        return 0
     print(format_table(report))
     print(f"wrote {os.path.join(args.out, 'table.md')}, results.json, accuracy_vs_params.png")
     return 0
@@ -561,6 +566,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="the training recipe every genotype shares (a file or a packaged name)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
     s.add_argument("--flip", action="store_true", help="evaluate with the flip test")
+    s.add_argument("--proxies", nargs="+", default=["naswot", "synflow", "grad_norm"],
+                   choices=["naswot", "synflow", "grad_norm"],
+                   help="zero-cost proxies scored for every genotype (one setting: the recipe's network, 64 faces "
+                        "of --data) for the rank correlations")
+    s.add_argument("--no-proxies", action="store_true",
+                   help="score nothing: correlate the scores stored in candidates.json files only")
+    s.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="train only the runs whose index is K modulo N, so that N processes (or machines) share "
+                        "one study; the last to finish writes the table")
     s.set_defaults(func=_cmd_nas_eval)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")

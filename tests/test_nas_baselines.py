@@ -9,7 +9,8 @@ import torch
 import pocketnas
 from pocketnas.cli import main
 from pocketnas.data import orl_root
-from pocketnas.engine.nas_eval import Entry, face_batch, kendall_tau, load_entries, nas_eval
+from pocketnas.engine.nas_eval import Entry, face_batch, kendall_tau, load_entries, nas_eval, parse_shard
+from pocketnas.errors import InputError
 from pocketnas.genotype import PUBLISHED, Genotype
 from pocketnas.nas.random_search import Budget, random_genotype, sample_genotypes
 from pocketnas.nas.space import load_space
@@ -110,11 +111,49 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
     for r in report["rows"]:
         a = r["accuracy"]["orl"]
         assert len(a["per_seed"]) == 2 and 0.4 < a["mean"] <= 1 and r["params"] > 1000
-    assert "kendall_tau" in report and set(report["kendall_tau"]) == {"naswot"}
-    assert "| genotype | source | params |" in (tmp_path / "table.md").read_text()
+        assert len(r["auc"]["orl"]["per_seed"]) == 2 and 0 < r["auc"]["orl"]["mean"] <= 1
+        assert r["eer"]["orl"]["per_seed"] == [json.loads((tmp_path / r["name"] / f"seed_{k}" / "eval.json").read_text())
+                                              ["orl"]["eer"] for k in (0, 1)]
+    # every entry is scored by every proxy under one setting (the recipe's network), whatever it came with
+    assert set(report["kendall_tau"]) == {"grad_norm", "naswot", "synflow"}
+    images, labels = face_batch(orl_root(), 64, 32, seed=0)
+    assert report["rows"][0]["scores"]["naswot"] == score_genotype(
+        PUBLISHED["pocketnet_casia"], "naswot", images, labels, channels=4, layers=3, embedding_size=32, seed=0)
+    assert "| genotype | source | params | MFLOPs | orl % mean +- std | per seed | AUC | EER % | grad_norm |" in \
+        (tmp_path / "table.md").read_text()
     assert os.path.getsize(tmp_path / "accuracy_vs_params.png") > 10000
     # a second call trains nothing: every run has its eval.json
     stamp = os.path.getmtime(tmp_path / "casia" / "seed_0" / "model.pt")
     again = nas_eval(entries, orl_root(), [orl], str(tmp_path), seeds=[0, 1], overrides=overrides)
     assert os.path.getmtime(tmp_path / "casia" / "seed_0" / "model.pt") == stamp
     assert again["rows"][0]["accuracy"] == report["rows"][0]["accuracy"]
+
+
+@pytest.mark.slow
+def test_nas_eval_shards_share_one_study(tmp_path, shared, capsys):
+    rng = np.random.default_rng(7)
+    entries = [Entry("casia", PUBLISHED["pocketnet_casia"], "published"),
+               Entry("rand", random_genotype(load_space("pocketnet"), rng), "random")]
+    overrides = ["model_kwargs={channels: 4, layers: 3, input_size: 32}", "embedding_size=32", "epochs=1",
+                 "batch_size=16", "lr_reference_batch=16", "max_batches_per_epoch=2", "workers=0", "milestones=[]",
+                 "warmup_epochs=0"]
+    orl = f"{shared}/data/orl/orl.bin"
+    first = nas_eval(entries, orl_root(), [orl], str(tmp_path), seeds=[0, 1], overrides=overrides,
+                     proxies=["naswot"], shard=(0, 2))
+    # runs 0 and 2 of (casia, rand) x (seed 0, seed 1): each entry's seed 0
+    assert first == {"complete": False, "pending": ["casia/seed_1", "rand/seed_1"]}
+    assert (tmp_path / "rand" / "seed_0" / "eval.json").exists() and not (tmp_path / "table.md").exists()
+    # the other shard, from the command line: it finishes the study, so it writes the table
+    (tmp_path / "rand.json").write_text(entries[1].genotype.to_json())
+    argv = ["nas-eval", "pocketnet_casia", str(tmp_path / "rand.json"), "--data", orl_root(), "--bin", orl,
+            "--out", str(tmp_path), "--seeds", "0", "1", "--proxies", "naswot", "--shard", "1/2"]
+    (tmp_path / "casia").rename(tmp_path / "pocketnet_casia")
+    assert main(argv + [a for o in overrides for a in ("--set", o)]) == 0
+    assert "| pocketnet_casia | published |" in capsys.readouterr().out
+    last = json.loads((tmp_path / "results.json").read_text())
+    assert last["complete"] and [len(r["accuracy"]["orl"]["per_seed"]) for r in last["rows"]] == [2, 2]
+    assert (tmp_path / "table.md").exists() and set(last["kendall_tau"]) == {"naswot"}
+    assert main(argv[:-1] + ["2/2"]) == 2
+    assert "0..N-1" in capsys.readouterr().err
+    with pytest.raises(InputError, match="K/N"):
+        parse_shard("2")

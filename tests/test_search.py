@@ -265,6 +265,32 @@ def test_budget_moves_the_derived_cost_toward_the_target(tmp_path):
     assert small_cost < free_cost
 
 
+def test_beta_decay_loss_pulls_each_edge_toward_uniform():
+    from pocketnas.nas.beta_decay import beta_decay_loss, beta_decay_weight
+
+    a = torch.randn(14, 8, requires_grad=True)
+    b = torch.randn(14, 8, requires_grad=True)
+    loss = beta_decay_loss([a, b])
+    assert torch.allclose(loss, torch.cat([torch.logsumexp(a, -1), torch.logsumexp(b, -1)]).mean())
+    loss.backward()
+    # its gradient is each edge's softmax over the 28 edges: the strongest operation is pulled down the most
+    assert torch.allclose(a.grad, F.softmax(a.detach(), -1) / 28, atol=1e-7)
+    assert beta_decay_weight(50.0, 0, 10) == 0.0 and beta_decay_weight(50.0, 5, 10) == 25.0
+    with pytest.raises(ConfigError, match="beta_decay must not be negative"):
+        tiny("beta_decay=-1")
+
+
+@pytest.mark.slow
+def test_beta_decay_keeps_the_alphas_spread_in_check(tmp_path):
+    common = ("epochs=3", "alpha_lr=0.05", "max_batches_per_epoch=3")
+    plain = search(tiny(*common), str(tmp_path / "plain"))
+    beta = search(tiny(*common, "beta_decay=200"), str(tmp_path / "beta"))
+    # the first epoch has weight 0: the same alphas; after it the regularised search stays nearer uniform
+    assert beta["epochs"][0]["alpha_entropy"] == pytest.approx(plain["epochs"][0]["alpha_entropy"], abs=1e-6)
+    assert beta["epochs"][-1]["alpha_entropy"] > plain["epochs"][-1]["alpha_entropy"]
+    assert "beta-decay regularisation" in open(tmp_path / "beta" / "log.txt").read()
+
+
 @pytest.mark.slow
 def test_skip_cap_and_early_stop(tmp_path):
     space = load_space("pocketnet")

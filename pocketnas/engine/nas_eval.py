@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..genotype import PUBLISHED, Genotype, get_genotype
 from ..nas.random_search import Budget, sample_genotypes
 from ..nas.space import SearchSpace
-from ..nas.zero_cost import rank_genotypes, top_k
+from ..nas.zero_cost import PROXIES, rank_genotypes, top_k
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +170,72 @@ def _evaluate_run(run: str, bins: Sequence[str], flip: bool) -> Dict[str, Any]:
                    "eer": r["eer"]} for stem, r in results.items()}
 
 
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of this process (shards may write the same file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _entry_scores(entry: Entry, folder: str, cfg, data: str, proxies: Sequence[str], batch: int = 64,
+                  seed: int = 0) -> Dict[str, float]:
+    """Every proxy's score of ``entry`` at initialisation, for the network the recipe trains (its width, depth,
+    input size and embedding) on ``batch`` faces of ``data``: one setting for every entry, so that the rank
+    correlations compare like with like. Cached in ``<entry>/scores.json``."""
+    path = os.path.join(folder, "scores.json")
+    kwargs = dict(cfg.model_kwargs or {})
+    setting = {"proxies": list(proxies), "batch": batch, "seed": seed, "data": os.path.abspath(data),
+               "channels": int(kwargs.get("channels", 16)), "layers": int(kwargs.get("layers", 18)),
+               "input_size": int(kwargs.get("input_size", 112)),
+               "embedding_size": int(cfg.embedding_size or kwargs.get("embedding_size", 128)),
+               "act": str(kwargs.get("act", "prelu"))}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached.get("setting") == setting:
+            return cached["scores"]
+    images, labels = face_batch(data, batch, setting["input_size"], seed)
+    build = {k: setting[k] for k in ("channels", "layers", "embedding_size", "act")}
+    scores = rank_genotypes([entry.genotype], images, labels, proxies, progress=False, seed=seed, **build)[0]
+    _write_atomic(path, json.dumps({"setting": setting, "scores": scores}))
+    return scores
+
+
+def _spread(values: Sequence[float]) -> Dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value) and the values themselves."""
+    v = [float(x) for x in values]
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "per_seed": v}
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"K/N"`` -> (K, N): this process trains the runs whose index (entries x seeds, in order) is K modulo N."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must be K/N (e.g. 0/2), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise InputError(f"--shard {text}: K must be in 0..N-1 and N >= 1")
+    return k, n
+
+
 def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: str, seeds: Sequence[int] = (0, 1),
-             recipe: Optional[str] = None, overrides: Sequence[str] = (), flip: bool = False) -> Dict[str, Any]:
+             recipe: Optional[str] = None, overrides: Sequence[str] = (), flip: bool = False,
+             proxies: Sequence[str] = ("naswot", "synflow", "grad_norm"),
+             shard: Tuple[int, int] = (0, 1)) -> Dict[str, Any]:
     """Train every entry with every seed under ``recipe`` (+ ``overrides``), evaluate its last checkpoint on
-    ``bins``; write ``results.json``, ``table.md`` and ``accuracy_vs_params.png`` into ``out_dir``."""
+    ``bins``; write ``results.json``, ``table.md`` and ``accuracy_vs_params.png`` into ``out_dir``.
+
+    ``proxies``: the zero-cost proxies scored for every entry under one setting (:func:`_entry_scores`), so that
+    Kendall's tau covers every trained genotype; empty: the entries' own scores (from their candidates.json).
+    ``shard=(K, N)``: train only the runs whose index is K modulo N (N processes or machines share one study);
+    the report is written by whichever shard finds every run finished, else ``{"complete": False, ...}`` is
+    returned with the runs still missing."""
     from .train_config import load_train_config
     from .trainer import train
 
@@ -182,66 +244,83 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
     missing = [b for b in bins if not os.path.isfile(b)]
     if missing:
         raise FileNotFoundError(f"no such .bin file: {', '.join(missing)}")
+    for p in proxies:
+        PROXIES.get(p)
+    k_shard, n_shards = shard
     os.makedirs(out_dir, exist_ok=True)
-    rows = []
+    plan = []  # (entry, folder, genotype path, seed, run)
     for e in entries:
         folder = os.path.join(out_dir, e.name)
         os.makedirs(folder, exist_ok=True)
         gpath = os.path.join(folder, "genotype.json")
-        with open(gpath, "w", encoding="utf-8") as f:
-            f.write(e.genotype.to_json())
+        text = e.genotype.to_json()
+        if not os.path.isfile(gpath) or _read(gpath) != text:
+            _write_atomic(gpath, text)
+        plan += [(e, folder, gpath, seed, os.path.join(folder, f"seed_{seed}")) for seed in seeds]
+    cfgs = {}
+    for index, (e, folder, gpath, seed, run) in enumerate(plan):
+        cfgs[e.name, seed] = cfg = load_train_config(recipe, [*overrides, "arch=pocketnet", f"seed={seed}"],
+                                                     {"data": data, "genotype": gpath})
+        done = os.path.join(run, "eval.json")
+        if os.path.isfile(done) or index % n_shards != k_shard:
+            continue
+        resume = os.path.isfile(os.path.join(run, "checkpoint.pt"))
+        logger.info("nas-eval: %s seed %d (%s)", e.name, seed, "resuming" if resume else "training")
+        # a folder without a checkpoint holds nothing to keep (a run killed before its first epoch ended)
+        train(cfg, run, resume=resume, overwrite=not resume)
+        result = _evaluate_run(run, bins, flip)
+        _write_atomic(done, json.dumps(result))
+    pending = [f"{e.name}/seed_{seed}" for e, _, _, seed, run in plan
+               if not os.path.isfile(os.path.join(run, "eval.json"))]
+    if pending:
+        logger.info("nas-eval shard %d/%d done; runs of other shards still to finish: %s", k_shard, n_shards,
+                    ", ".join(pending))
+        return {"complete": False, "pending": pending}
+    rows = []
+    for e in entries:
+        folder = os.path.join(out_dir, e.name)
         per_seed: Dict[int, Dict[str, Any]] = {}
-        cfg = None
         for seed in seeds:
-            run = os.path.join(folder, f"seed_{seed}")
-            done = os.path.join(run, "eval.json")
-            cfg = load_train_config(recipe, [*overrides, "arch=pocketnet", f"seed={seed}"],
-                                    {"data": data, "genotype": gpath})
-            if os.path.isfile(done):
-                with open(done, encoding="utf-8") as f:
-                    per_seed[seed] = json.load(f)
-                continue
-            resume = os.path.isfile(os.path.join(run, "checkpoint.pt"))
-            logger.info("nas-eval: %s seed %d (%s)", e.name, seed, "resuming" if resume else "training")
-            # a folder without a checkpoint holds nothing to keep (a run killed before its first epoch ended)
-            train(cfg, run, resume=resume, overwrite=not resume)
-            result = _evaluate_run(run, bins, flip)
-            with open(done + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(result, f)
-            os.replace(done + ".tmp", done)
-            per_seed[seed] = result
+            with open(os.path.join(folder, f"seed_{seed}", "eval.json"), encoding="utf-8") as f:
+                per_seed[seed] = json.load(f)
+        cfg = cfgs[e.name, seeds[-1]]
+        scores = _entry_scores(e, folder, cfg, data, proxies) if proxies else dict(e.scores)
         params, mflops = _model_cost(e.genotype, cfg)
         sets = sorted(next(iter(per_seed.values())))
-        acc = {s: [per_seed[k][s]["accuracy"] for k in seeds] for s in sets}
-        rows.append({"name": e.name, "source": e.source, "params": params, "mflops": mflops, "scores": e.scores,
+        rows.append({"name": e.name, "source": e.source, "params": params, "mflops": mflops, "scores": scores,
                      "genotype": e.genotype.to_legacy(), "seeds": list(seeds),
-                     "accuracy": {s: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
-                                      else 0.0, "per_seed": v} for s, v in acc.items()}})
+                     **{metric: {s: _spread([per_seed[k][s][metric] for k in seeds]) for s in sets}
+                        for metric in ("accuracy", "auc", "eer")}})
     main = sorted(rows[0]["accuracy"])[0]
-    proxies = sorted({p for r in rows for p in r["scores"]})
-    scored = [r for r in rows if r["scores"]]
-    taus = {p: kendall_tau([r["scores"][p] for r in scored if p in r["scores"]],
-                           [r["accuracy"][main]["mean"] for r in scored if p in r["scores"]]) for p in proxies}
-    report = {"set": main, "bins": list(bins), "seeds": list(seeds), "recipe": recipe, "overrides": list(overrides),
-              "rows": rows, "kendall_tau": taus}
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as f:
-        f.write(format_table(report) + "\n")
+    names = sorted({p for r in rows for p in r["scores"]})
+    taus = {p: kendall_tau([r["scores"][p] for r in rows if p in r["scores"]],
+                           [r["accuracy"][main]["mean"] for r in rows if p in r["scores"]]) for p in names}
+    report = {"complete": True, "set": main, "bins": list(bins), "seeds": list(seeds), "recipe": recipe,
+              "overrides": list(overrides), "proxies": list(proxies), "rows": rows, "kendall_tau": taus}
+    _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(report, indent=1))
+    _write_atomic(os.path.join(out_dir, "table.md"), format_table(report) + "\n")
     plot_accuracy_vs_params(report, os.path.join(out_dir, "accuracy_vs_params.png"))
     return report
 
 
 def format_table(report: Dict[str, Any]) -> str:
+    """The report as a Markdown table, best mean accuracy first. AUC and EER (threshold-free, from the same
+    embeddings) stand beside the 10-fold accuracy: a network whose embeddings crowd into one direction can sit at
+    50 % accuracy on the protocol's 0.01 threshold grid and still rank pairs better than chance."""
     main = report["set"]
-    lines = [f"| genotype | source | params | MFLOPs | {main} % mean +- std | per seed |", "|---|---|---|---|---|---|"]
+    proxies = sorted(report["kendall_tau"])
+    lines = [f"| genotype | source | params | MFLOPs | {main} % mean +- std | per seed | AUC | EER % |" +
+             "".join(f" {p} |" for p in proxies), "|---|---|---|---|---|---|---|---|" + "---|" * len(proxies)]
     for r in sorted(report["rows"], key=lambda r: -r["accuracy"][main]["mean"]):
         a = r["accuracy"][main]
         lines.append(f"| {r['name']} | {r['source']} | {r['params']:,} | {r['mflops']:.1f} | "
                      f"{100 * a['mean']:.2f} +- {100 * a['std']:.2f} | "
-                     f"{', '.join(f'{100 * v:.2f}' for v in a['per_seed'])} |")
+                     f"{', '.join(f'{100 * v:.2f}' for v in a['per_seed'])} | "
+                     f"{r['auc'][main]['mean']:.3f} | {100 * r['eer'][main]['mean']:.1f} |" +
+                     "".join(f" {r['scores'][p]:.4g} |" if p in r["scores"] else " |" for p in proxies))
     if report["kendall_tau"]:
-        lines += ["", "Kendall tau-b between each proxy's score and the mean accuracy (entries with scores): " +
+        lines += ["", "Kendall tau-b between each proxy's score at initialisation and the mean accuracy, over the "
+                  f"{len(report['rows'])} genotypes: " +
                   ", ".join(f"{p} {t:+.2f}" for p, t in report["kendall_tau"].items())]
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ from ..losses.heads import MarginHead
 from ..losses.margins import MARGINS, build_margin
 from ..models.checkpoint import atomic_torch_save, read_state
 from ..nas.architect import Architect, frozen
+from ..nas.beta_decay import beta_decay_loss, beta_decay_weight
 from ..nas.budget import build_cost_model, parse_amount
 from ..nas.cell_diagram import draw_genotype
 from ..nas.space import load_space
@@ -84,6 +85,8 @@ class SearchConfig:
     budget_params: Optional[str] = None     # e.g. 1.0M
     budget_flops: Optional[str] = None      # e.g. 600M
     budget_weight: float = 1.0
+    beta_decay: float = 0.0                 # beta-DARTS (Ye et al., CVPR 2022): the regulariser's weight, reached
+                                            # linearly by the last epoch (0: plain DARTS)
     final_channels: int = 16
     final_layers: int = 18
     # skip-connection collapse guard
@@ -124,7 +127,7 @@ class SearchConfig:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: {key} must be positive, got {getattr(self, key)}")
         for key in ("workers", "threads", "w_momentum", "w_weight_decay", "w_grad_clip", "alpha_weight_decay",
-                    "max_batches_per_epoch", "stop_after_epochs"):
+                    "max_batches_per_epoch", "stop_after_epochs", "beta_decay"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{source}: {key} must not be negative, got {getattr(self, key)}")
         if self.w_lr_min > self.w_lr:
@@ -300,9 +303,25 @@ class Searcher(Run):
             logger.info("budget: derived %dx%d PocketNet's %s steered towards %s (weight %.2f)",
                         cfg.final_channels, cfg.final_layers, metric, f"{target:,.0f}", cfg.budget_weight)
         self.budget = (metric, target)
+        penalties = [budget_fn] if budget_fn is not None else []
+        if cfg.beta_decay > 0:
+            sn = self.model.supernet
+
+            def beta_fn():
+                return beta_decay_weight(cfg.beta_decay, self.epoch, cfg.epochs) * beta_decay_loss(
+                    [sn.alpha_normal, sn.alpha_reduce])
+
+            penalties.append(beta_fn)
+            logger.info("beta-decay regularisation of the alphas (beta-DARTS), weight 0 -> %g over the search",
+                        cfg.beta_decay)
+
+        def alpha_penalty():
+            return sum(term() for term in penalties)
+
         hook = (lambda params: dist_utils.average_gradients(env, params)) if env.distributed else None
         self.architect = Architect(self.model, self._loss, cfg.w_momentum, cfg.w_weight_decay, self.a_optim,
-                                   cfg.order, budget_fn, hook, only_needed_grads=not cfg.plain)
+                                   cfg.order, alpha_penalty if penalties else None, hook,
+                                   only_needed_grads=not cfg.plain)
         n_w = sum(p.numel() for p in self.model.weights())
         n_a = sum(p.numel() for p in self.model.alphas())
         logger.info("search space %s (%d operations), supernet %d cells x %d channels at %dx%d: %s weights, %d "

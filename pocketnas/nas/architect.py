@@ -10,7 +10,8 @@ optimizer's momentum and weight decay included, as pt.darts does),
 where the Hessian-vector product is the finite difference
     (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps),  w+- = w +- eps * grad_w' L_val,
     eps = 0.01 / |grad_w' L_val|.
-An optional budget term (see :mod:`pocketnas.nas.budget`) adds its gradient to the alphas' gradient.
+An optional penalty on the alphas (the budget term of :mod:`pocketnas.nas.budget`, beta-DARTS's regulariser of
+:mod:`pocketnas.nas.beta_decay`, or both) adds its gradient to the alphas' gradient.
 
 Only the alphas' gradients are asked of the two finite-difference passes, so the weights are frozen while they
 run: autograd then keeps no tensor that only a weight gradient would need (less time and memory, the same values).
