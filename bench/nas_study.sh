@@ -45,7 +45,8 @@ done
 pids=()
 for ((k = 0; k < STREAMS; k++)); do
   $PN nas-eval "$OUT/search_s0/genotype.json" "$OUT/search_s1/genotype.json" pocketnet_casia \
-      "$OUT/random/candidates.json" "$OUT/zc/candidates.json" --data "$DATA" --bin "$LFW" --seeds 0 1 \
+      "$OUT/random/candidates.json" "$OUT/zc/candidates.json" \
+      "$OUT/search_beta_s0/genotype.json" "$OUT/search_beta_s1/genotype.json" --data "$DATA" --bin "$LFW" --seeds 0 1 \
       --config nas_eval_cpu_56 --out "$OUT/eval" --shard "$k/$STREAMS" "${threads[@]}" & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done

@@ -84,6 +84,17 @@ def test_search_methods_write_candidates(tmp_path, capsys):
     assert {e.source for e in load_entries([str(tmp_path / "z" / "candidates.json")])} == {"zero-cost (naswot)"}
 
 
+def test_a_search_folder_says_whether_beta_darts_made_it(tmp_path):
+    for name, cfg in (("plain", "beta_decay: 0.0\n"), ("beta", "beta_decay: 50.0\n"), ("bare", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "genotype.json").write_text(PUBLISHED["pocketnet_casia"].to_json())
+        if cfg:
+            (tmp_path / name / "config.yaml").write_text(cfg)
+    entries = load_entries([str(tmp_path / n / "genotype.json") for n in ("plain", "beta", "bare")])
+    assert [(e.name, e.source) for e in entries] == [("plain", "searched"), ("beta", "searched (beta-DARTS)"),
+                                                     ("bare", "searched")]
+
+
 @pytest.mark.slow
 def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
     rng = np.random.default_rng(5)

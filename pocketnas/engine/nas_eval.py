@@ -102,6 +102,19 @@ class Entry:
     scores: Dict[str, float] = field(default_factory=dict)
 
 
+def _search_source(genotype_path: str) -> str:
+    """``searched``, or ``searched (beta-DARTS)`` when the search's own config.yaml beside the genotype used it."""
+    import yaml
+
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(genotype_path)), "config.yaml")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return "searched"
+    return "searched (beta-DARTS)" if isinstance(cfg, dict) and float(cfg.get("beta_decay") or 0) > 0 else "searched"
+
+
 def load_entries(specs: Sequence[str]) -> List[Entry]:
     """Genotypes to evaluate: published names (``pocketnet_casia``), genotype files (``genotype.json`` of a search;
     named after their folder), or a ``candidates.json`` of ``pocketnas search --method random|zero-cost`` (every
@@ -118,7 +131,7 @@ def load_entries(specs: Sequence[str]) -> List[Entry]:
         elif os.path.isfile(spec):
             stem = os.path.splitext(os.path.basename(spec))[0]
             name = os.path.basename(os.path.dirname(os.path.abspath(spec))) if stem == "genotype" else stem
-            out.append(Entry(name, get_genotype(spec), "searched" if stem == "genotype" else "file"))
+            out.append(Entry(name, get_genotype(spec), _search_source(spec) if stem == "genotype" else "file"))
         else:
             raise FileNotFoundError(f"{spec}: neither a genotype file, a candidates.json nor a published genotype "
                                     f"({', '.join(sorted(PUBLISHED))})")
@@ -291,7 +304,8 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
                      "genotype": e.genotype.to_legacy(), "seeds": list(seeds),
                      **{metric: {s: _spread([per_seed[k][s][metric] for k in seeds]) for s in sets}
                         for metric in ("accuracy", "auc", "eer")}})
-    main = sorted(rows[0]["accuracy"])[0]
+    first = os.path.splitext(os.path.basename(bins[0]))[0]  # the first .bin is the table's
+    main = first if first in rows[0]["accuracy"] else sorted(rows[0]["accuracy"])[0]
     names = sorted({p for r in rows for p in r["scores"]})
     taus = {p: kendall_tau([r["scores"][p] for r in rows if p in r["scores"]],
                            [r["accuracy"][main]["mean"] for r in rows if p in r["scores"]]) for p in names}
