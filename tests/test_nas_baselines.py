@@ -126,7 +126,9 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
         assert r["eer"]["orl"]["per_seed"] == [json.loads((tmp_path / r["name"] / f"seed_{k}" / "eval.json").read_text())
                                               ["orl"]["eer"] for k in (0, 1)]
     # every entry is scored by every proxy under one setting (the recipe's network), whatever it came with
-    assert set(report["kendall_tau"]) == {"grad_norm", "naswot", "synflow"}
+    assert set(report["kendall_tau"]) == set(report["kendall_tau_auc"]) == {"grad_norm", "naswot", "synflow"}
+    rank = [r["scores"]["naswot"] for r in report["rows"]], [r["auc"]["orl"]["mean"] for r in report["rows"]]
+    assert report["kendall_tau_auc"]["naswot"] == kendall_tau(*rank)
     images, labels = face_batch(orl_root(), 64, 32, seed=0)
     assert report["rows"][0]["scores"]["naswot"] == score_genotype(
         PUBLISHED["pocketnet_casia"], "naswot", images, labels, channels=4, layers=3, embedding_size=32, seed=0)
