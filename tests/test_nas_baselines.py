@@ -9,7 +9,8 @@ import torch
 import pocketnas
 from pocketnas.cli import main
 from pocketnas.data import orl_root
-from pocketnas.engine.nas_eval import Entry, face_batch, kendall_tau, load_entries, nas_eval, parse_shard
+from pocketnas.engine.nas_eval import (Entry, face_batch, format_table, kendall_tau, load_entries, nas_eval,
+                                       parse_shard)
 from pocketnas.errors import InputError
 from pocketnas.genotype import PUBLISHED, Genotype
 from pocketnas.nas.random_search import Budget, random_genotype, sample_genotypes
@@ -135,6 +136,15 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
     assert "| genotype | source | params | MFLOPs | orl % mean +- std | per seed | AUC | EER % | grad_norm |" in \
         (tmp_path / "table.md").read_text()
     assert os.path.getsize(tmp_path / "accuracy_vs_params.png") > 10000
+    # a seed whose embeddings collapsed below the protocol's grid is marked in the table
+    saved = json.loads((tmp_path / "rand" / "seed_1" / "eval.json").read_text())["orl"]
+    assert 0 <= saved["collapsed_pairs"] <= 1
+    assert report["rows"][1]["collapsed_seeds"]["orl"] == ([1] if saved["collapsed_pairs"] > 0.5 else [])
+    marked = dict(report, rows=[report["rows"][0], dict(report["rows"][1], collapsed_seeds={"orl": [1]})])
+    row = next(line for line in format_table(marked).splitlines() if line.startswith("| rand |"))
+    assert f"{100 * report['rows'][1]['accuracy']['orl']['per_seed'][1]:.2f}* |" in row
+    assert "collapsed" in format_table(marked) and "collapsed" not in format_table(
+        dict(report, rows=[dict(r, collapsed_seeds={"orl": []}) for r in report["rows"]]))
     # a second call trains nothing: every run has its eval.json
     stamp = os.path.getmtime(tmp_path / "casia" / "seed_0" / "model.pt")
     again = nas_eval(entries, orl_root(), [orl], str(tmp_path), seeds=[0, 1], overrides=overrides)

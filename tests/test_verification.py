@@ -63,6 +63,21 @@ def test_random_embeddings_are_at_chance():
     assert 0.46 < r["accuracy_mean"] < 0.56 and abs(r["auc"] - 0.5) < 0.02 and abs(r["eer"] - 0.5) < 0.03
 
 
+def test_collapsed_embeddings_score_the_floor_but_are_flagged(caplog):
+    """A collapsed model (every pair closer than the grid's 0.01) gets 50 % however well it ranks; it is flagged."""
+    same = np.tile([True] * 300 + [False] * 300, 10)
+    rng = np.random.default_rng(0)
+    dist = np.where(same, rng.uniform(0, 0.004, same.size), rng.uniform(0.003, 0.008, same.size))
+    with caplog.at_level("WARNING", logger="pocketnas.metrics.verification"):
+        r = evaluate_pairs(_pairs_from_distances(dist), same)
+    assert r["accuracy_mean"] == 0.5 and r["auc"] > 0.9 and r["collapsed_pairs"] == 1.0
+    assert "collapsed: 100% of the 6000 pairs" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pocketnas.metrics.verification"):
+        r = evaluate_pairs(_pairs_from_distances(dist * 100), same)  # the same ranking, spread over the grid
+    assert r["accuracy_mean"] > 0.8 and r["collapsed_pairs"] < 0.05 and "collapsed" not in caplog.text
+
+
 def _exact(genuine_at_one, same):
     """Pairs at squared distance exactly 1.0 ((1,0,0,0) vs (.5,.5,.5,.5)) or exactly 2.0 (orthogonal)."""
     emb = np.zeros((2 * len(same), 4))
