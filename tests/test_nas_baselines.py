@@ -1,5 +1,6 @@
 """Baselines for architecture search: random genotypes at equal size, zero-cost proxies, and nas-eval."""
 import json
+import math
 import os
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 import pocketnas
 from pocketnas.cli import main
 from pocketnas.data import orl_root
-from pocketnas.engine.nas_eval import (Entry, face_batch, format_table, kendall_tau, load_entries, nas_eval,
-                                       parse_shard)
+from pocketnas.engine.nas_eval import (Entry, face_batch, format_table, kendall_p, kendall_tau, load_entries,
+                                       nas_eval, parse_shard)
 from pocketnas.errors import InputError
 from pocketnas.genotype import PUBLISHED, Genotype
 from pocketnas.nas.random_search import Budget, random_genotype, sample_genotypes
@@ -65,6 +66,20 @@ def test_kendall_tau():
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert abs(kendall_tau([1, 2, 3], [1, 3, 2]) - 1 / 3) < 1e-12
     assert np.isnan(kendall_tau([1, 1], [2, 2]))
+
+
+def test_kendall_p_is_the_permutation_test():
+    # exact below 9 values: of the 5! orderings only the two monotone ones reach |tau| = 1
+    assert kendall_p([1, 2, 3, 4, 5], [3, 4, 5, 6, 7]) == 2 / 120
+    assert kendall_p([1, 2, 3], [1, 3, 2]) == 1.0  # |tau| = 1/3 is the smallest a ranking of 3 can have
+    # 12 values: sampled, seeded, close to the normal approximation (here tau 0.606: z = 2.74, p = 0.0061)
+    x = np.arange(12.0)
+    y = x + np.random.default_rng(0).normal(0, 3, 12)
+    z = kendall_tau(x, y) / math.sqrt(2 * (2 * 12 + 5) / (9 * 12 * 11))
+    p = kendall_p(x, y)
+    assert p == kendall_p(x, y) and 0.7 < p / math.erfc(abs(z) / math.sqrt(2)) < 1.3
+    assert kendall_p(x, np.random.default_rng(1).permutation(12)) > 0.05
+    assert np.isnan(kendall_p([1, 1, 1], [1, 2, 3]))
 
 
 def test_search_methods_write_candidates(tmp_path, capsys):
@@ -130,6 +145,9 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
     assert set(report["kendall_tau"]) == set(report["kendall_tau_auc"]) == {"grad_norm", "naswot", "synflow"}
     rank = [r["scores"]["naswot"] for r in report["rows"]], [r["auc"]["orl"]["mean"] for r in report["rows"]]
     assert report["kendall_tau_auc"]["naswot"] == kendall_tau(*rank)
+    # two genotypes: tau is +-1 and either ordering of two values is as extreme, p = 1
+    assert report["kendall_p_auc"]["naswot"] == kendall_p(*rank) == 1.0
+    assert "(p 1)" in (tmp_path / "table.md").read_text()
     images, labels = face_batch(orl_root(), 64, 32, seed=0)
     assert report["rows"][0]["scores"]["naswot"] == score_genotype(
         PUBLISHED["pocketnet_casia"], "naswot", images, labels, channels=4, layers=3, embedding_size=32, seed=0)

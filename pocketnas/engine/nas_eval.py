@@ -8,6 +8,7 @@ Why: searched cells often fail to beat their space's random architectures at equ
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -165,6 +166,32 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     return (conc - disc) / denom if denom else float("nan")
 
 
+def kendall_p(x: Sequence[float], y: Sequence[float], permutations: int = 20000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Kendall's tau-b between ``x`` and ``y``: the share of orderings of ``y``
+    whose tau is at least as far from zero as the observed one (the null of no association). Every ordering is
+    enumerated up to 8 values; beyond, ``permutations`` seeded draws with the add-one correction (Phipson and
+    Smyth, 2010). Permuting ``y`` keeps both rankings' ties, hence tau-b's denominator: only the numerator moves.
+    nan where tau is."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    iu = np.triu_indices(n, 1)
+    sx = np.sign(x[:, None] - x[None, :])[iu]
+    if not np.any(sx) or not np.any(np.sign(y[:, None] - y[None, :])[iu]):
+        return float("nan")
+    observed = abs(float(sx @ np.sign(y[:, None] - y[None, :])[iu]))
+    if n <= 8:
+        orders, exact = np.array(list(itertools.permutations(range(n)))), True
+    else:
+        rng = np.random.default_rng(seed)
+        orders, exact = np.stack([rng.permutation(n) for _ in range(permutations)]), False
+    extreme = 0
+    for chunk in np.array_split(orders, max(1, len(orders) // 4096)):
+        yp = y[chunk]
+        sy = np.sign(yp[:, :, None] - yp[:, None, :])[:, iu[0], iu[1]]
+        extreme += int(np.sum(np.abs(sy @ sx) >= observed - 1e-9))
+    return extreme / len(orders) if exact else (extreme + 1) / (len(orders) + 1)
+
+
 def _model_cost(genotype: Genotype, cfg) -> Tuple[int, float]:
     from ..models import create_model
     from ..models.complexity import count_flops, count_parameters
@@ -312,14 +339,17 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
     first = os.path.splitext(os.path.basename(bins[0]))[0]  # the first .bin is the table's
     main = first if first in rows[0]["accuracy"] else sorted(rows[0]["accuracy"])[0]
     names = sorted({p for r in rows for p in r["scores"]})
-    taus = {metric: {p: kendall_tau([r["scores"][p] for r in rows if p in r["scores"]],
-                                    [r[metric][main]["mean"] for r in rows if p in r["scores"]]) for p in names}
-            for metric in ("accuracy", "auc")}
+    pairs = {metric: {p: ([r["scores"][p] for r in rows if p in r["scores"]],
+                          [r[metric][main]["mean"] for r in rows if p in r["scores"]]) for p in names}
+             for metric in ("accuracy", "auc")}
+    taus = {m: {p: kendall_tau(*xy) for p, xy in v.items()} for m, v in pairs.items()}
+    p_values = {m: {p: kendall_p(*xy) for p, xy in v.items()} for m, v in pairs.items()}
     # against AUC too: accuracy has a floor at 50 % (no threshold on the grid separates crowded embeddings),
     # where AUC still orders the genotypes
     report = {"complete": True, "set": main, "bins": list(bins), "seeds": list(seeds), "recipe": recipe,
               "overrides": list(overrides), "proxies": list(proxies), "rows": rows,
-              "kendall_tau": taus["accuracy"], "kendall_tau_auc": taus["auc"]}
+              "kendall_tau": taus["accuracy"], "kendall_tau_auc": taus["auc"],
+              "kendall_p": p_values["accuracy"], "kendall_p_auc": p_values["auc"]}
     _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(report, indent=1))
     _write_atomic(os.path.join(out_dir, "table.md"), format_table(report) + "\n")
     plot_accuracy_vs_params(report, os.path.join(out_dir, "accuracy_vs_params.png"))
@@ -347,12 +377,15 @@ def format_table(report: Dict[str, Any]) -> str:
         lines += ["", "\\* the seed's embeddings collapsed: most pairs are closer than the threshold grid's step, "
                   "which cannot separate them, so its accuracy understates it (down to the protocol's floor, "
                   "50 %); its AUC and EER still rank it"]
+    def taus(metric: str) -> str:
+        p_values = report.get(f"kendall_p{metric}", {})
+        return ", ".join(f"{p} {t:+.2f}" + (f" (p {p_values[p]:.2g})" if p in p_values else "")
+                         for p, t in report.get(f"kendall_tau{metric}", {}).items())
+
     if report["kendall_tau"]:
         lines += ["", "Kendall tau-b between each proxy's score at initialisation and the mean accuracy, over the "
-                  f"{len(report['rows'])} genotypes: " +
-                  ", ".join(f"{p} {t:+.2f}" for p, t in report["kendall_tau"].items()) +
-                  "; and the mean AUC: " +
-                  ", ".join(f"{p} {t:+.2f}" for p, t in report.get("kendall_tau_auc", {}).items())]
+                  f"{len(report['rows'])} genotypes: {taus('')}; and the mean AUC: {taus('_auc')} (two-sided "
+                  "permutation p-values)"]
     return "\n".join(lines)
 
 
