@@ -377,6 +377,7 @@ def format_table(report: Dict[str, Any]) -> str:
         lines += ["", "\\* the seed's embeddings collapsed: most pairs are closer than the threshold grid's step, "
                   "which cannot separate them, so its accuracy understates it (down to the protocol's floor, "
                   "50 %); its AUC and EER still rank it"]
+
     def taus(metric: str) -> str:
         p_values = report.get(f"kendall_p{metric}", {})
         return ", ".join(f"{p} {t:+.2f}" + (f" (p {p_values[p]:.2g})" if p in p_values else "")
