@@ -144,26 +144,19 @@ def load_entries(specs: Sequence[str]) -> List[Entry]:
     return out
 
 
+def _pair_signs(v: np.ndarray) -> np.ndarray:
+    """sign(v_i - v_j) over the pairs i < j (0 for a tie), in ``np.triu_indices`` order; ``v`` may carry leading
+    batch dimensions (one row per ordering)."""
+    i, j = np.triu_indices(v.shape[-1], 1)
+    return np.sign(v[..., i] - v[..., j])
+
+
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either ranking accounted for); nan for fewer than two distinct pairs."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
-    conc = disc = tx = ty = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-            if a == 0 and b == 0:
-                continue
-            if a == 0:
-                tx += 1
-            elif b == 0:
-                ty += 1
-            elif a == b:
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return (conc - disc) / denom if denom else float("nan")
+    """Kendall's tau-b (ties in either ranking accounted for); nan for fewer than two distinct pairs:
+    (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y)."""
+    sx, sy = _pair_signs(np.asarray(x, float)), _pair_signs(np.asarray(y, float))
+    denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
+    return float(sx @ sy) / denom if denom else float("nan")
 
 
 def kendall_p(x: Sequence[float], y: Sequence[float], permutations: int = 20000, seed: int = 0) -> float:
@@ -173,22 +166,18 @@ def kendall_p(x: Sequence[float], y: Sequence[float], permutations: int = 20000,
     Smyth, 2010). Permuting ``y`` keeps both rankings' ties, hence tau-b's denominator: only the numerator moves.
     nan where tau is."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
-    iu = np.triu_indices(n, 1)
-    sx = np.sign(x[:, None] - x[None, :])[iu]
-    if not np.any(sx) or not np.any(np.sign(y[:, None] - y[None, :])[iu]):
+    if math.isnan(kendall_tau(x, y)):
         return float("nan")
-    observed = abs(float(sx @ np.sign(y[:, None] - y[None, :])[iu]))
+    sx = _pair_signs(x)
+    observed = abs(float(sx @ _pair_signs(y)))
+    n = len(x)
     if n <= 8:
         orders, exact = np.array(list(itertools.permutations(range(n)))), True
     else:
         rng = np.random.default_rng(seed)
         orders, exact = np.stack([rng.permutation(n) for _ in range(permutations)]), False
-    extreme = 0
-    for chunk in np.array_split(orders, max(1, len(orders) // 4096)):
-        yp = y[chunk]
-        sy = np.sign(yp[:, :, None] - yp[:, None, :])[:, iu[0], iu[1]]
-        extreme += int(np.sum(np.abs(sy @ sx) >= observed - 1e-9))
+    extreme = sum(int(np.sum(np.abs(_pair_signs(y[chunk]) @ sx) >= observed - 1e-9))
+                  for chunk in np.array_split(orders, max(1, len(orders) // 4096)))
     return extreme / len(orders) if exact else (extreme + 1) / (len(orders) + 1)
 
 

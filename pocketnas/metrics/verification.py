@@ -133,12 +133,13 @@ def evaluate_pairs(embeddings: np.ndarray, issame: Sequence[bool], folds: int = 
         vals.append(float(val[0]))
         fars.append(float(far[0]))
     fpr_all, tpr_all, _ = roc_curve(-dist, same)
+    auc = roc_auc(fpr_all, tpr_all)
     collapsed = float(np.mean(dist < THRESHOLDS[1]))
     if collapsed > COLLAPSE_WARNING:
         logger.warning("the embeddings have collapsed: %.0f%% of the %d pairs are closer than the threshold grid's "
                        "step (%.2f in squared distance), which cannot separate them, so the 10-fold accuracy "
                        "understates the model; read the AUC (%.3f) and EER instead",
-                       100 * collapsed, len(same), THRESHOLDS[1], roc_auc(fpr_all, tpr_all))
+                       100 * collapsed, len(same), THRESHOLDS[1], auc)
     key = f"val_at_far_{far_target:.0e}".replace("e-0", "e-")
     return {
         "pairs": int(len(same)),
@@ -149,7 +150,7 @@ def evaluate_pairs(embeddings: np.ndarray, issame: Sequence[bool], folds: int = 
         key: float(np.mean(vals)),
         "val_std": float(np.std(vals)),
         "far": float(np.mean(fars)),
-        "auc": roc_auc(fpr_all, tpr_all),
+        "auc": auc,
         "eer": roc_eer(fpr_all, tpr_all),
         "collapsed_pairs": collapsed,
         "roc_fpr": np.mean(fprs, axis=0).tolist(),
