@@ -9,6 +9,7 @@ import sys
 from typing import List, Optional
 
 from .compress import METHODS as PRUNE_METHODS
+from .engine.precision import PRECISIONS
 from .errors import InputError
 
 logger = logging.getLogger("pocketnas")
@@ -164,7 +165,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .engine.search import search, search_config
 
     extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops,
-             "skip_bad": True if args.skip_bad else None}
+             "skip_bad": True if args.skip_bad else None, "precision": args.precision}
     cfg = search_config(args.space, args.config, args.set or [], extra)
     if args.method != "darts":
         return _cmd_baseline_search(args, cfg)
@@ -185,8 +186,9 @@ def _cmd_nas_eval(args: argparse.Namespace) -> int:
     from .engine.nas_eval import format_table, load_entries, nas_eval, parse_shard
 
     shard = parse_shard(args.shard)
+    overrides = (args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
     report = nas_eval(load_entries(args.genotypes), args.data, args.bin, args.out, args.seeds, args.config,
-                      args.set or [], flip=args.flip, proxies=[] if args.no_proxies else args.proxies, shard=shard)
+                      overrides, flip=args.flip, proxies=[] if args.no_proxies else args.proxies, shard=shard)
     if not report["complete"]:
         print(f"shard {args.shard} finished its runs; {len(report['pending'])} run(s) of other shards are still to "
               f"finish ({', '.join(report['pending'])}): the last shard to finish writes the table")
@@ -201,7 +203,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .engine.trainer import train
 
     extra = {"data": args.data, "genotype": args.genotype, "teacher": args.teacher, "kd": args.kd,
-             "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm}
+             "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm,
+             "precision": args.precision}
     if args.save_every_epoch:
         extra["save_every_epoch"] = True
     if args.skip_bad:
@@ -213,6 +216,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"{os.path.join(args.out, 'model.pt')}")
         for epoch, accs in history["verification"].items():
             print(f"  epoch {epoch}: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in accs.items()))
+    return 0
+
+
+def _cmd_teacher_bank(args: argparse.Namespace) -> int:
+    from .engine.teacher_bank import build_teacher_bank
+
+    manifest = build_teacher_bank(args.out, args.data, args.teacher, args.views, args.view_seed, args.teacher_arch,
+                                  args.teacher_input_norm, args.view_size, args.workers, args.threads,
+                                  args.block, overwrite=args.overwrite, labelled=not args.no_labels, skip_bad=args.skip_bad)
+    size = sum(r["bytes"] for r in manifest["finished"].values())
+    print(f"teacher bank {args.out}: {manifest['images']} images x {len(manifest['finished'])} views x "
+          f"{manifest['dim']} dims (float16, {size / 2 ** 20:.1f} MiB); train with --set teacher_bank={args.out} "
+          f"--set view_bank={args.views} --set view_seed={args.view_seed}")
     return 0
 
 
@@ -474,6 +490,11 @@ def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
                         "memory and checked against PyTorch on the first batch; else PyTorch), torch, onnxruntime")
 
 
+PRECISION_HELP = ("numeric precision of the network's forward pass: auto (default: bf16, or fp16 without bf16, on "
+                  "CUDA; fp32 on the CPU, where bf16 measured no faster, docs/performance.md), fp32, bf16, fp16 "
+                  "(CUDA); weights, optimiser state, margin and losses stay float32; a resumed run keeps its own")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pocketnas", description="Compact face recognition networks: search, build, "
                                 "train, compress, evaluate.")
@@ -553,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(zero-cost) the proxy that picks")
     s.add_argument("--budget-tolerance", type=float, default=0.05,
                    help="(random, zero-cost) the budget window, a fraction of the target (default 0.05)")
+    s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("nas-eval", help="train genotypes under one recipe with several seeds: table, plot, "
@@ -575,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard", default="0/1", metavar="K/N",
                    help="train only the runs whose index is K modulo N, so that N processes (or machines) share "
                         "one study; the last to finish writes the table")
+    s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     s.set_defaults(func=_cmd_nas_eval)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
@@ -596,7 +619,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
                    "of refusing the data")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("teacher-bank", help="a teacher's embeddings of K augmented views of every training image, "
+                                            "built once before distillation (resumable, parallel)",
+                       description="Embeds K consistent views of every image of --data with --teacher and stores "
+                                   "them (float16) with a key of everything that defines them; `pocketnas train "
+                                   "--set teacher_bank=OUT` then reads its targets instead of running the teacher. "
+                                   "An interrupted build resumes; a larger --views grows the bank.")
+    s.add_argument("--teacher", required=True, help="the fixed teacher: .onnx, pocketnas checkpoint or registry name")
+    s.add_argument("--data", required=True, help="training data: RecordIO pack (folder or .rec) or image folder")
+    s.add_argument("--out", required=True, help="the bank's folder (new, empty, or a bank of the same key to finish)")
+    s.add_argument("--views", type=int, default=8, help="views per image (the training's view_bank; default 8)")
+    s.add_argument("--view-seed", type=int, default=0, help="seed of the views (the training's view_seed; default 0)")
+    s.add_argument("--teacher-arch", help="architecture of a bare backbone.pth teacher")
+    s.add_argument("--teacher-input-norm", choices=["arcface", "raw255"], help="for an ONNX teacher without metadata")
+    s.add_argument("--view-size", type=int, default=0, help="pixels of the views (default: the larger of 112 and "
+                   "the teacher's input)")
+    s.add_argument("--workers", type=int, default=2, help="processes embedding blocks in parallel (0: this one)")
+    s.add_argument("--threads", type=int, default=2, help="CPU threads shared by the workers")
+    s.add_argument("--block", type=int, default=512, help="images per unit of work (and of resumption)")
+    s.add_argument("--no-labels", action="store_true", help="list the data as a run without labels does "
+                   "(margin_weight=0: images at any depth)")
+    s.add_argument("--skip-bad", action="store_true", help="leave damaged records out, as the training will")
+    s.add_argument("--overwrite", action="store_true", help="replace a bank of another key in OUT")
+    s.set_defaults(func=_cmd_teacher_bank)
 
     s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost",
                        description="pocketnas eval --config NAME|FILE --model M: every set of an evaluation "

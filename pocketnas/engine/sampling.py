@@ -4,7 +4,7 @@ worker happens to load an image."""
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +34,13 @@ def flip_decision(seed: int, epoch: int, index: int) -> bool:
     return bool(np.random.default_rng([seed, epoch, index]).random() < 0.5)
 
 
+def bank_view(augment, image: np.ndarray, view_seed: int, index: int, view: int) -> np.ndarray:
+    """View ``view`` of image ``index`` in a bank of fixed views: its parameters come from (view_seed, index,
+    view) alone, so the training run and a teacher bank built before it (:mod:`.teacher_bank`) make the same
+    pixels."""
+    return augment(image, np.random.default_rng([view_seed, index, view, 2]))
+
+
 class TrainSamples(Dataset):
     """(uint8 3 x H x W view, label, index, view number): normalisation is left to each consumer (student,
     teacher), which also resize the view to their own input size.
@@ -42,12 +49,16 @@ class TrainSamples(Dataset):
     index), as always). With ``augment`` (:class:`~pocketnas.data.views.FaceViewAugment`) and ``view_bank`` K > 0,
     each image has K fixed views: epoch e shows view v = f(seed, e, index), drawn with parameters from (seed,
     index, v), so a teacher's embedding of a view can be cached. With ``view_bank`` 0 every (epoch, image) gets
-    fresh parameters and the view number is -1 (never repeats; a teacher must see it live)."""
+    fresh parameters and the view number is -1 (never repeats; a teacher must see it live). ``view_seed`` (default:
+    ``seed``) draws the bank's views: runs with other seeds (another order, other picks among the K views) share
+    one bank of teacher embeddings when they share it."""
 
-    def __init__(self, faces, flip: bool = True, seed: int = 0, augment=None, view_bank: int = 0):
+    def __init__(self, faces, flip: bool = True, seed: int = 0, augment=None, view_bank: int = 0,
+                 view_seed: Optional[int] = None):
         self.faces = faces
         self.flip = flip
         self.seed = seed
+        self.view_seed = seed if view_seed is None else int(view_seed)
         self.augment = augment
         self.view_bank = int(view_bank)
         self.epoch = 0
@@ -78,8 +89,10 @@ class TrainSamples(Dataset):
         if self.augment is None:
             x = torch.from_numpy(image)
             return (x.flip(-1) if view else x), label, index, view
-        key = [self.seed, index, view, 2] if view >= 0 else [self.seed, self.epoch, index, 3]
-        return torch.from_numpy(self.augment(image, np.random.default_rng(key))), label, index, view
+        if view >= 0:
+            return torch.from_numpy(bank_view(self.augment, image, self.view_seed, index, view)), label, index, view
+        fresh = self.augment(image, np.random.default_rng([self.seed, self.epoch, index, 3]))
+        return torch.from_numpy(fresh), label, index, view
 
 
 class ViewBatches:

@@ -38,6 +38,7 @@ from ..nas.cell_diagram import draw_genotype
 from ..nas.space import load_space
 from ..nas.supernet import Supernet, count_skips
 from . import distributed as dist_utils
+from .precision import autocast, check_precision, float32_region, resolve_precision
 from .process import configure_process
 from .run import Run, run_to_end
 from .runlog import DETAIL
@@ -96,7 +97,9 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
-    amp: bool = True                        # CUDA only (bf16)
+    precision: str = "auto"                 # auto | fp32 | bf16 | fp16 (engine/precision.py): the supernet's
+    #                                         forward under autocast; alphas, weights, margin and loss in float32
+    amp: bool = True                        # the older switch: false makes precision auto mean fp32 on CUDA too
     channels_last: bool = True
     tune_malloc: bool = True
     log_every: int = 10
@@ -105,6 +108,7 @@ class SearchConfig:
     def validate(self, source: str = "config") -> None:
         if self.order not in ("first", "second"):
             raise ConfigError(f"{source}: order must be first or second, got {self.order!r}")
+        check_precision(self.precision, source)
         if self.loss != "softmax" and self.loss not in MARGINS:
             raise ConfigError(f"{source}: loss must be softmax or one of {', '.join(MARGINS.names())}")
         if not 0 < self.train_portion < 1:
@@ -178,9 +182,15 @@ class SearchModel(nn.Module):
         self.forget_weights()
         return super()._apply(fn, recurse)
 
+    precision = "fp32"  # the Searcher sets the run's (engine/precision.py)
+
     def logits(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        emb = self.supernet(x)
-        return self.head(emb, y) if isinstance(self.head, MarginHead) else self.head(emb)
+        """float32 logits: the supernet under the run's autocast, the classifier or margin head in float32."""
+        with autocast(self.precision, x.device):
+            emb = self.supernet(x)
+        with float32_region(x.device):
+            emb = emb.float()
+            return self.head(emb, y) if isinstance(self.head, MarginHead) else self.head(emb)
 
 
 def stratified_split(labels: np.ndarray, portion: float, seed: int) -> Tuple[List[int], List[int]]:
@@ -230,10 +240,14 @@ class Searcher(Run):
                 raise FileNotFoundError(f"--resume: {path} does not exist")
             state = read_state(path, "pocketnas.search_state", "pocketnas search checkpoint")
             saved = config_from_dict(SearchConfig, state["config"], f"{path} config")
+            saved.precision = resolve_precision(saved.precision, self.env.device, saved.amp)
+            if cfg.precision == "auto":  # a resumed search keeps the precision it ran in
+                cfg.precision = saved.precision
             changed = [f.name for f in dataclasses.fields(SearchConfig) if getattr(saved, f.name) != getattr(cfg, f.name)
                        and f.name not in ("workers", "threads", "log_every", "stop_after_epochs", "epochs")]
             if changed:
                 raise ConfigError(f"--resume: {', '.join(changed)} differ from the checkpoint's search")
+        cfg.precision = resolve_precision(cfg.precision, self.env.device, cfg.amp)
         self._setup_logging()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -282,7 +296,7 @@ class Searcher(Run):
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda = env.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.cuda and cfg.amp and torch.cuda.is_bf16_supported() else None
+        self.model.precision = cfg.precision
         self.w_optim = torch.optim.SGD(self.model.weights(), cfg.w_lr, momentum=cfg.w_momentum,
                                        weight_decay=cfg.w_weight_decay)
         self.a_optim = torch.optim.Adam(self.model.alphas(), cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
@@ -333,10 +347,7 @@ class Searcher(Run):
                     self.faces.num_classes, self.steps_per_epoch)
 
     def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else torch.autocast("cpu",
-                                                                                                enabled=False)
-        with ctx:
-            return F.cross_entropy(model.logits(x, y).float(), y)
+        return F.cross_entropy(model.logits(x, y), y)
 
     def _to_input(self, images: torch.Tensor) -> torch.Tensor:
         x = normalize(images.to(self.env.device, non_blocking=True), "arcface")
@@ -396,9 +407,9 @@ class Searcher(Run):
                 tx, vx = self._to_input(tx), self._to_input(vx)
                 ty, vy = ty.to(env.device), vy.to(env.device)
                 val_loss, loss, logits = search_step(self.model, self.architect, self.w_optim, tx, ty, vx, vy, lr,
-                                                     cfg.w_grad_clip, env, self.amp_dtype)
+                                                     cfg.w_grad_clip, env)
                 with torch.no_grad():
-                    v_logits = self.model.logits(vx, vy).float() if steps % cfg.log_every == 0 else None
+                    v_logits = self.model.logits(vx, vy) if steps % cfg.log_every == 0 else None
                 sums["train_loss"] += float(loss)
                 sums["train_acc"] += float((logits.argmax(1) == ty).float().mean())
                 sums["val_loss"] += val_loss
@@ -510,16 +521,14 @@ class Searcher(Run):
 
 
 def search_step(model: SearchModel, architect: Architect, w_optim: torch.optim.Optimizer, tx, ty, vx, vy,
-                lr: float, grad_clip: float, env=None, amp_dtype=None):
+                lr: float, grad_clip: float, env=None):
     """One DARTS step: the architecture step on a validation batch (first or second order), then the weight step
     on a training batch (gradients averaged across processes, norm-clipped). Returns (val loss, train loss, logits)."""
     val_loss = architect.step(tx, ty, vx, vy, lr, w_optim)
     w_optim.zero_grad(set_to_none=True)
-    ctx = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else torch.autocast("cpu", enabled=False)
     # the weight step needs no alpha gradients: skip their reductions in the backward pass
     with frozen(model.alphas() if architect.only_needed_grads else []):
-        with ctx:
-            logits = model.logits(tx, ty).float()
+        logits = model.logits(tx, ty)
         loss = F.cross_entropy(logits, ty)
         loss.backward()
     if env is not None:

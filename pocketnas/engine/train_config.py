@@ -38,6 +38,8 @@ class TrainConfig:
     view_bank: int = 0
     mixup_alpha: float = 0.0
     view_size: int = 0                      # pixels of the views (0: the larger of student's and teacher's input)
+    view_seed: Optional[int] = None         # draws the bank's K views (None: seed); runs of other seeds that share
+    #                                         it share one teacher bank
     # loss: margin -> normalised head -> cross-entropy
     margin_weight: float = 1.0              # 0: the teacher's losses alone (labels not needed: any face set)
     loss: str = "arcface"
@@ -73,12 +75,16 @@ class TrainConfig:
     teacher_cache: bool = True
     teacher_cache_dir: str = ""             # share the cache between runs: one subfolder per cache key, kept
     teacher_threads: int = 1                # threads of the teacher in each DataLoader worker (live teacher)
+    teacher_bank: str = ""                  # a folder of the teacher's embeddings of every view, built before the
+    #                                         first step (engine/teacher_bank.py; built there if missing, resumable)
     hint_layers: List[List[str]] = field(default_factory=list)  # [[student module, teacher module], ...]
     hint_weight: float = 1.0
     # run
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                        # CUDA only: bf16 (or fp16 with loss scaling) autocast
+    precision: str = "auto"                 # auto | fp32 | bf16 | fp16: autocast of the network's forward
+    #                                         (engine/precision.py; auto: bf16/fp16 on CUDA, fp32 on the CPU)
+    amp: bool = True                        # the older switch: false makes precision auto mean fp32 on CUDA too
     channels_last: bool = True              # faster on CUDA and, measured in bench/train.py, on CPU too
     compile: Union[bool, str] = "auto"      # torch.compile the backbone: "auto" (runs of >= 300 steps), true, false
     tune_malloc: bool = True                # glibc mallopt for CPU training (bench/train.py)
@@ -117,6 +123,13 @@ class TrainConfig:
                               f"of two people has no identity label)")
         if self.view_bank < 0 or (self.view_bank and not self.augment):
             raise ConfigError(f"{source}: view_bank must be >= 0 and needs augment=true")
+        if self.teacher_bank:
+            if not (losses and self.view_bank and not multistep and not self.mixup_alpha and "hint" not in losses):
+                raise ConfigError(f"{source}: teacher_bank holds a fixed teacher's embeddings of a bank of views: it "
+                                  f"needs kd with a fixed teacher (not multistep or hint), augment=true with "
+                                  f"view_bank >= 1, and no mixup")
+        if self.view_seed is not None and self.view_seed < 0:
+            raise ConfigError(f"{source}: view_seed must be >= 0 (or unset: the seed), got {self.view_seed}")
         if self.view_size < 0 or self.teacher_threads < 1:
             raise ConfigError(f"{source}: view_size must be >= 0 and teacher_threads >= 1")
         for key in ("batch_size", "epochs", "log_every", "lr_reference_batch", "val_every_epochs"):
@@ -136,8 +149,10 @@ class TrainConfig:
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"{source}: warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         from ..config import check_device
+        from .precision import check_precision
 
         check_device(self.device, source)
+        check_precision(self.precision, source)
         if str(self.compile).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
         if sorted(self.milestones) != list(self.milestones):

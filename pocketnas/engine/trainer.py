@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import time
-from contextlib import nullcontext
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -32,11 +31,13 @@ from ..models.embedders import TorchEmbedder, model_embedder
 from ..models import create_model
 from ..models.features import FeatureTap, feature_channels
 from . import distributed as dist_utils
+from .precision import autocast, float32_region, needs_loss_scaling, resolve_precision
 from .process import configure_process
 from .run import Run, run_to_end
 from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_dataset
+from .teacher_bank import TeacherBank, bank_is_complete, bank_key, build_teacher_bank
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
-                       hint_layers_of, shared_cache_folder)
+                       hint_layers_of, shared_cache_folder, teacher_fingerprint)
 from .train_config import TrainConfig, recipe_of
 from .validation import verify_bins
 
@@ -82,24 +83,28 @@ class StudentModule(nn.Module):
     feature-map loss, fed by ``hint_names``' outputs. ``head`` is None for a run on the teacher alone."""
 
     def __init__(self, backbone: nn.Module, head: Optional[MarginHead], kd: Optional[nn.ModuleDict] = None,
-                 hint: Optional[nn.Module] = None, hint_names: Optional[List[str]] = None):
+                 hint: Optional[nn.Module] = None, hint_names: Optional[List[str]] = None, precision: str = "fp32"):
         super().__init__()
         self.backbone, self.head, self.hint = backbone, head, hint
         self.kd = kd if kd is not None else nn.ModuleDict()
         self.tap = FeatureTap(backbone, hint_names) if hint_names else None
+        self.precision = precision
 
     def forward(self, x, labels, teacher_emb=None, teacher_maps=None, margin_weight: float = 1.0
                 ) -> Dict[str, torch.Tensor]:
-        emb = self.backbone(x)
+        with autocast(self.precision, x.device):  # the backbone alone runs in low precision
+            emb = self.backbone(x)
+        emb = emb.float()
         losses = {}
-        if self.head is not None and margin_weight > 0:
-            ce = F.cross_entropy(self.head(emb, labels), labels)
-            losses["ce"] = ce if margin_weight == 1 else margin_weight * ce
-        if teacher_emb is not None:
-            for name, loss in self.kd.items():
-                losses[LOG_NAMES.get(name, name)] = loss(emb, teacher_emb)
-        if self.hint is not None and teacher_maps is not None:
-            losses["hint"] = self.hint(self.tap.collect(), teacher_maps)
+        with float32_region(x.device):  # margin logits and every loss in float32
+            if self.head is not None and margin_weight > 0:
+                ce = F.cross_entropy(self.head(emb, labels), labels)
+                losses["ce"] = ce if margin_weight == 1 else margin_weight * ce
+            if teacher_emb is not None:
+                for name, loss in self.kd.items():
+                    losses[LOG_NAMES.get(name, name)] = loss(emb, teacher_emb.float())
+            if self.hint is not None and teacher_maps is not None:
+                losses["hint"] = self.hint([m.float() for m in self.tap.collect()], teacher_maps)
         return losses
 
 
@@ -156,18 +161,32 @@ class Trainer(Run):
             changed = {f.name for f in dataclasses.fields(TrainConfig)
                        if getattr(saved, f.name) != getattr(cfg, f.name)}
             order = changed & {"seed", "batch_size", "data", "flip", "max_batches_per_epoch", "arch", "genotype",
-                               "embedding_size", "kd", "teacher", "augment", "view_bank", "mixup_alpha", "view_size",
+                               "embedding_size", "kd", "teacher", "augment", "view_bank", "mixup_alpha", "view_size", "view_seed",
                                "skip_bad"}
             if order:
                 raise ConfigError(f"--resume: {', '.join(sorted(order))} differ from the checkpoint's run; an exact "
                                   f"resume needs the same values")
+            self._keep_precision(saved.precision, ckpt_path)
+            changed.discard("precision")
             if changed:
                 logger.warning("--resume: using new values for %s", ", ".join(sorted(changed)))
+        else:
+            cfg.precision = resolve_precision(cfg.precision, self.env.device, cfg.amp)
         self._setup_logging()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self._build()
+
+    def _keep_precision(self, saved: str, ckpt_path: str) -> None:
+        """A resumed run trains in the precision its checkpoint recorded (``auto`` here means: that one); asking
+        for another would change the numerics of an exact resume, and is refused."""
+        cfg = self.cfg
+        saved = resolve_precision(saved, self.env.device, cfg.amp)  # checkpoints before the setting: auto
+        if cfg.precision not in ("auto", saved):
+            raise ConfigError(f"--resume: {ckpt_path} trained in {saved}; precision={cfg.precision} would change "
+                              f"an exact resume (leave precision at auto, or start a new run)")
+        cfg.precision = saved
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -231,7 +250,8 @@ class Trainer(Run):
             raise ConfigError(f"{cfg.data}: {self.faces.num_classes} identit{'y' if self.faces.num_classes == 1 else 'ies'}"
                               f": a margin loss needs at least two (or train on the teacher alone: margin_weight=0)")
         self.samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed,
-                                    augment=FaceViewAugment() if cfg.augment else None, view_bank=cfg.view_bank)
+                                    augment=FaceViewAugment() if cfg.augment else None, view_bank=cfg.view_bank,
+                                    view_seed=cfg.view_seed)
         self.sampler = EpochBatchSampler(len(self.faces), cfg.batch_size, cfg.seed, env.rank, env.world_size,
                                          cfg.max_batches_per_epoch)
         self.steps_per_epoch = self.sampler.batches
@@ -321,10 +341,13 @@ class Trainer(Run):
         embedder = self.teacher.embedder
         needs_maps = self.teacher_tap is not None
         views = self.samples.views_per_image
-        if cfg.teacher_cache and views and not cfg.mixup_alpha and not needs_maps:
+        if cfg.teacher_bank:
+            self.teacher = self._open_bank(embedder)
+            where = f"read from the teacher bank {cfg.teacher_bank} ({views} views per image)"
+        elif cfg.teacher_cache and views and not cfg.mixup_alpha and not needs_maps:
             transform = {"view_size": self.view_size, "views": views, "flip": cfg.flip,
                          "augment": repr(self.samples.augment) if self.samples.augment else None,
-                         "seed": cfg.seed if self.samples.augment else None}  # the seed draws augmented views
+                         "seed": self.samples.view_seed if self.samples.augment else None}  # draws augmented views
             key = cache_key(embedder, self.faces, transform)
             shared = bool(cfg.teacher_cache_dir)
             cache_dir = (shared_cache_folder(cfg.teacher_cache_dir, key) if shared
@@ -345,11 +368,29 @@ class Trainer(Run):
         logger.info("teacher %s (input normalisation %s, %d px, %s-d): %s", embedder.name, embedder.input_norm,
                     embedder.input_size, embedder.embedding_size, where)
 
+    def _open_bank(self, embedder) -> TeacherBank:
+        """The run's teacher bank, checked against this run's teacher, data and views; built first (the run's first
+        phase, resumable) where it is missing or has fewer views than ``view_bank``."""
+        cfg, env = self.cfg, self.env
+        key = bank_key(teacher_fingerprint(embedder), embedder.input_norm, embedder.input_size, self.teacher.dim,
+                       self.faces.fingerprint(), self.view_size, self.samples.augment, self.samples.view_seed)
+        if env.is_main and not bank_is_complete(cfg.teacher_bank, cfg.view_bank):
+            logger.info("teacher bank %s: building %d views per image before training", cfg.teacher_bank,
+                        cfg.view_bank)
+            build_teacher_bank(cfg.teacher_bank, cfg.data, cfg.teacher, cfg.view_bank, self.samples.view_seed,
+                               cfg.teacher_arch, embedder.input_norm, self.view_size,
+                               workers=min(cfg.workers, cfg.threads or 1) if cfg.workers > 1 else 0,
+                               threads=cfg.threads or torch.get_num_threads(), labelled=self.labelled,
+                               skip_bad=cfg.skip_bad, progress=env.is_main)
+        dist_utils.barrier(env)
+        return TeacherBank(cfg.teacher_bank, key, views=cfg.view_bank, images=len(self.faces))
+
     def _build_module(self) -> None:
         cfg, env = self.cfg, self.env
         kd = nn.ModuleDict({n: m for n, m in self.kd_modules.items() if DISTILL_LOSSES.get(n).inputs != "maps"})
         hint = next((m for n, m in self.kd_modules.items() if DISTILL_LOSSES.get(n).inputs == "maps"), None)
-        self.module = StudentModule(self.backbone, self.head, kd, hint, self.hint_names).to(env.device)
+        self.module = StudentModule(self.backbone, self.head, kd, hint, self.hint_names,
+                                    precision=cfg.precision).to(env.device)
         self.cuda = env.device.type == "cuda"
         if cfg.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -373,12 +414,11 @@ class Trainer(Run):
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step, self.steps_per_epoch))
-        self.amp_dtype = None
-        if self.cuda and cfg.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        logger.info("lr %.5f (%.3f x global batch %d / %d), %d epochs", self.base_lr, cfg.lr, global_batch,
-                    cfg.lr_reference_batch, cfg.epochs)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(cfg.precision))
+        logger.info("lr %.5f (%.3f x global batch %d / %d), %d epochs, precision %s%s", self.base_lr, cfg.lr,
+                    global_batch, cfg.lr_reference_batch, cfg.epochs, cfg.precision,
+                    " (autocast of the backbone; float32 weights, optimiser state, margin and losses)"
+                    if cfg.precision != "fp32" else "")
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> Dict[str, Any]:
@@ -392,6 +432,7 @@ class Trainer(Run):
             "rng": rng_state(),
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
             "steps_per_epoch": self.steps_per_epoch, "world_size": self.env.world_size,
+            "precision": self.cfg.precision,
         }
 
     def _restore(self, state: Dict[str, Any]) -> None:
@@ -424,6 +465,7 @@ class Trainer(Run):
             training = {"data": os.path.basename(os.path.normpath(cfg.data)), "epochs": cfg.epochs,
                         "kd": cfg.kd, "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
                         "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight,
+                        "precision": cfg.precision,
                         "init_backbone": os.path.basename(cfg.init_backbone) if cfg.init_backbone else None}
             meta = {"epoch": self.epoch, "step": self.step, "arch": cfg.arch, "recipe": recipe_of(cfg),
                     "training": training}
@@ -457,10 +499,8 @@ class Trainer(Run):
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(dev, non_blocking=True)
         t_emb, t_maps = self._teacher_outputs(images_u8, index, view, live if live is not None else torch.empty(0))
-        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with autocast:
-            losses = (self.ddp or self.module)(x, labels, t_emb, t_maps, self.margin_weight())
-            loss = sum(losses.values())
+        losses = (self.ddp or self.module)(x, labels, t_emb, t_maps, self.margin_weight())
+        loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip:
