@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -51,10 +52,15 @@ def _check(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:  # 1e3
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            return float(value)
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        if number is not None:
+            if not math.isfinite(number):  # .nan, .inf: a run would diverge (or never stop) on it
+                raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

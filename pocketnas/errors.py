@@ -29,3 +29,9 @@ class UnknownNameError(PocketnasError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DivergedError(PocketnasError, ArithmeticError):
+    """Numbers that are no longer finite (NaN or inf): a training or search step whose loss, teacher targets or
+    gradients diverged, or weights that would be written with them. The message names the step or the tensor;
+    nothing non-finite is saved, and a run's last good checkpoint is kept."""

@@ -75,13 +75,16 @@ def torch_outputs(model: nn.Module, images: np.ndarray, norm: str, batch: int = 
 def export_checked(model: nn.Module, path: str, crops: np.ndarray, opset: int = 17, min_cosine: float = 0.9999,
                    max_rel_diff: float = 1e-3) -> Dict[str, Any]:
     """Export to ONNX and compare ONNX Runtime with PyTorch on ``crops``; raise past the tolerance."""
+    from ..models.checkpoint import check_finite_state
+
+    check_finite_state(model.state_dict(), f"exporting {path}")  # before anything is written
     norm = getattr(model, "pocketnas_cfg").input_norm if hasattr(model, "pocketnas_cfg") else "arcface"
     export_onnx(model, path, opset=opset, input_norm=norm)
     parity = compare_outputs(torch_outputs(model, crops, norm), onnx_outputs(path, crops, norm))
     parity["images"] = int(len(crops))
     logger.info("ONNX parity on %d face crops: max abs diff %.2e (relative %.2e), min cosine %.7f", len(crops),
                 parity["max_abs_diff"], parity["max_rel_diff"], parity["min_cosine"])
-    if parity["min_cosine"] < min_cosine or parity["max_rel_diff"] > max_rel_diff:
+    if not (parity["min_cosine"] >= min_cosine and parity["max_rel_diff"] <= max_rel_diff):  # NaN fails too
         raise ExportError(f"{path}: ONNX Runtime disagrees with PyTorch on real faces (min cosine "
                           f"{parity['min_cosine']:.6f} < {min_cosine} or relative difference "
                           f"{parity['max_rel_diff']:.2e} > {max_rel_diff})")
@@ -175,6 +178,6 @@ def export_torchscript(model: nn.Module, path: str, crops: np.ndarray) -> Dict[s
     traced.save(path)
     loaded = torch.jit.load(path)
     parity = compare_outputs(torch_outputs(model, crops, norm), torch_outputs(loaded, crops, norm))
-    if parity["min_cosine"] < 0.9999:
+    if not parity["min_cosine"] >= 0.9999:  # NaN fails too
         raise ExportError(f"{path}: TorchScript disagrees with the eager model (min cosine {parity['min_cosine']})")
     return parity

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError, config_from_dict
+from ..errors import DivergedError
 from ..data.transforms import normalize
 from ..genotype import Genotype
 from ..layers import use_torch_kernels
 from ..losses.heads import MarginHead
 from ..losses.margins import MARGINS, build_margin
-from ..models.checkpoint import atomic_torch_save, read_state
+from ..models.checkpoint import atomic_torch_save, check_finite_state, read_state
 from ..nas.architect import Architect, frozen
 from ..nas.beta_decay import beta_decay_loss, beta_decay_weight
 from ..nas.budget import build_cost_model, parse_amount
@@ -408,6 +409,10 @@ class Searcher(Run):
                 ty, vy = ty.to(env.device), vy.to(env.device)
                 val_loss, loss, logits = search_step(self.model, self.architect, self.w_optim, tx, ty, vx, vy, lr,
                                                      cfg.w_grad_clip, env)
+                if not (math.isfinite(val_loss) and math.isfinite(float(loss))):
+                    raise DivergedError(f"search epoch {self.epoch + 1}, step {steps + 1}: the loss is not finite "
+                                        f"(train {float(loss):g}, validation {val_loss:g}): the search diverged "
+                                        f"(w_lr or alpha_lr too large?); the last checkpoint and genotype are kept")
                 with torch.no_grad():
                     v_logits = self.model.logits(vx, vy) if steps % cfg.log_every == 0 else None
                 sums["train_loss"] += float(loss)
@@ -440,6 +445,8 @@ class Searcher(Run):
         n_acc = max(1, int(sums.pop("val_acc_n", 0)))
         means = {k: v / max(1, steps) for k, v in sums.items() if k != "val_acc"}
         means["val_acc"] = sums["val_acc"] / n_acc
+        # nothing non-finite becomes a genotype or a checkpoint (a NaN alpha derives an arbitrary cell)
+        check_finite_state(self.model.state_dict(), f"search epoch {self.epoch}: the supernet")
         raw = sn.genotype(None)
         capped = sn.genotype(cfg.max_skips if cfg.max_skips >= 0 else None)
         raw_skips = count_skips(raw)

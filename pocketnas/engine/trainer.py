@@ -26,7 +26,8 @@ from ..losses.distill import DISTILL_LOSSES
 from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
 from ..metrics.verification import verification_record
-from ..models.checkpoint import atomic_torch_save, read_state, save
+from ..errors import DivergedError
+from ..models.checkpoint import atomic_torch_save, check_finite_state, read_state, save
 from ..models.embedders import TorchEmbedder, model_embedder
 from ..models import create_model
 from ..models.features import FeatureTap, feature_channels
@@ -457,7 +458,9 @@ class Trainer(Run):
 
     def save_checkpoint(self) -> None:
         if self.env.is_main:
-            atomic_torch_save(self._state(), os.path.join(self.out_dir, "checkpoint.pt"))
+            path = os.path.join(self.out_dir, "checkpoint.pt")
+            check_finite_state(self.module.state_dict(), f"step {self.step}: saving {path}")
+            atomic_torch_save(self._state(), path)
 
     def save_backbone(self, path: str) -> None:
         if self.env.is_main:
@@ -499,19 +502,37 @@ class Trainer(Run):
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(dev, non_blocking=True)
         t_emb, t_maps = self._teacher_outputs(images_u8, index, view, live if live is not None else torch.empty(0))
+        if t_emb is not None and not bool(torch.isfinite(t_emb).all()):
+            bad = index[~torch.isfinite(t_emb).all(1).cpu()].tolist()
+            raise DivergedError(f"step {self.step + 1}: the teacher's embeddings of images {bad[:5]} are not finite; "
+                                f"nothing of this step was applied (the last checkpoint is kept): check the teacher")
         losses = (self.ddp or self.module)(x, labels, t_emb, t_maps, self.margin_weight())
         loss = sum(losses.values())
+        self._check_finite(losses, loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.grad_clip)
+            if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):  # (fp16's scaler skips such steps)
+                raise DivergedError(f"step {self.step + 1}: the gradient's norm is {float(norm)}: the run diverged; "
+                                    f"the step was not applied and the last checkpoint is kept (lower lr)")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(loss.detach())
         return out
+
+    def _check_finite(self, losses: Dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        """Finite or fail: a NaN or infinite loss stops the run before it touches the weights, naming the step and
+        the terms; the last checkpoint is kept (and nothing after it written)."""
+        if bool(torch.isfinite(loss.detach())):
+            return
+        terms = ", ".join(f"{k} {float(v.detach()):g}" for k, v in losses.items())
+        raise DivergedError(f"step {self.step + 1} (epoch {self.epoch + 1}): the loss is not finite ({terms}): the "
+                            f"run diverged (a learning rate or margin too large, or a broken teacher); nothing of "
+                            f"this step was applied and the last checkpoint is kept")
 
     def _loader(self) -> DataLoader:
         collate = ViewBatches(self.samples, self.cfg.mixup_alpha, self.live_teacher)

@@ -122,6 +122,18 @@ def plain_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: state[k].clone() for k in own_order}
 
 
+def check_finite_state(state: Dict[str, Any], what: str) -> None:
+    """Refuse (``DivergedError``) a state dict holding NaN or inf in any floating-point tensor: nothing
+    non-finite is ever written as a model, a checkpoint, an export or a release."""
+    from ..errors import DivergedError
+
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise DivergedError(f"{what}: {key} holds {bad} non-finite value(s) (NaN or inf): the network diverged; "
+                                f"nothing was written")
+
+
 def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None,
          storage_dtype: Optional[torch.dtype] = None) -> Dict[str, Any]:
     """Save ``model`` as a self-describing pocketnas checkpoint (atomically); returns the record written.
@@ -131,8 +143,10 @@ def save(model: nn.Module, path: str, meta: Optional[Dict[str, Any]] = None,
     from ..version import __version__
 
     state = plain_state_dict(model)
+    check_finite_state(state, f"saving {path}")
     if storage_dtype is not None:
         state = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        check_finite_state(state, f"saving {path} as {storage_dtype}")  # beyond float16's range
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -157,7 +171,9 @@ def update_meta(path: str, **values: Any) -> Dict[str, Any]:
 
 def save_release_state_dict(model: nn.Module, path: str) -> None:
     """Write a bare state dict in the original release's key layout (what its ``backbone.pth`` files are)."""
-    atomic_torch_save(plain_state_dict(model), path)
+    state = plain_state_dict(model)
+    check_finite_state(state, f"saving {path}")
+    atomic_torch_save(state, path)
 
 
 # ----------------------------------------------------------------------------- reading
