@@ -448,19 +448,50 @@ def _cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_untrained(spec: str, pretrained: Optional[str]) -> None:
+    """A registry name without shipped or given weights is a network with random weights: its verdict would look
+    confident and mean nothing, so ``verify`` refuses it."""
+    from .models import is_model, list_models, model_cfg
+
+    if os.path.exists(spec) or not is_model(spec) or pretrained or model_cfg(spec).pretrained is not None:
+        return
+    shipped = [n for n in list_models() if model_cfg(n).pretrained is not None]
+    raise InputError(f"{spec}: no weights ship for it, so its verdict would come from random weights; give a "
+                     f"trained model: a checkpoint (pocketnas train writes model.pt), --pretrained FILE, or a "
+                     f"variant with shipped weights ({', '.join(shipped) or 'none'})")
+
+
+def _threshold_advice(spec: str) -> str:
+    """What to do about a model without a recorded threshold: a command that works for this kind of model."""
+    from .models.checkpoint import CheckpointError, read_checkpoint
+
+    find = f"pocketnas eval verify --model {spec} --bin lfw.bin"
+    if spec.endswith(".onnx"):
+        return (f"an ONNX file cannot record one: pass --threshold COSINE, e.g. the cosine threshold `{find}` "
+                f"reports (the mean of its folds')")
+    if os.path.isfile(spec):
+        try:
+            read_checkpoint(spec)
+        except CheckpointError:  # a bare state dict has nowhere to record it
+            return (f"a bare state dict cannot record one: pass --threshold COSINE, e.g. the cosine threshold "
+                    f"`{find} --arch ARCH` reports")
+        return f"pass --threshold COSINE, or record one in the file: {find} --record-threshold"
+    return f"pass --threshold COSINE (e.g. the cosine threshold `{find}` reports)"
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     import torch
 
     from .evaluation.photos import recorded_threshold, verify_photos
 
     torch.set_num_threads(args.threads)
+    _refuse_untrained(args.model, args.pretrained)
     if args.threshold is not None:
         threshold, source = args.threshold, "given with --threshold"
     else:
         found = recorded_threshold(args.model, args.pretrained)
         if found is None:
-            raise InputError(f"{args.model} records no verification threshold; pass --threshold COSINE, or record "
-                             f"one: pocketnas eval verify --model {args.model} --bin lfw.bin --record-threshold")
+            raise InputError(f"{args.model} records no verification threshold; {_threshold_advice(args.model)}")
         threshold, source = found
     r = verify_photos(_embedder(args), args.a, args.b, threshold, aligned=args.aligned, flip=not args.no_flip)
     if args.save_faces:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import pocketnas
+from pocketnas.errors import InputError
 from pocketnas.models import list_models, model_cfg
 from pocketnas.models.checkpoint import CheckpointError, file_digest, read_checkpoint
 from pocketnas.models.factory import registered_weights_path
@@ -132,3 +133,7 @@ def test_readme_verifies_two_photos(shared, tmp_path, monkeypatch):
         assert scope["same"] == (cosines[case] >= threshold) == bool(cli["same"])
         assert abs(cli["cosine"] - cosines[case]) < 1e-4
     assert cosines["same"] > cosines["different"]
+    # a photo without a face: a message naming it, not a numpy shape error
+    Image.new("RGB", (320, 300), (90, 90, 90)).save(tmp_path / "different" / "b.jpg")
+    with pytest.raises(InputError, match="b.jpg: no face found"):
+        exec(compile(_readme_block('pretrained=True)'), "README.md", "exec"), {})

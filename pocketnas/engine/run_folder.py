@@ -40,6 +40,9 @@ KINDS = {
                "unpruned")),
 }
 
+RESUMABLE = ("train", "search")  # the commands that take --resume (demo and prune start over)
+
+
 class RunFolderError(ConfigError):
     """A run folder that is in use or holds a run that this command would destroy."""
 
@@ -156,9 +159,10 @@ class RunFolder:
         try:
             found = self.existing_run()
             if found and not (self.resume or self.overwrite):
-                raise RunFolderError(f"{self.path} already holds a {self.kind} run ({', '.join(found)}); pass "
-                                     f"--resume to continue it or --overwrite to replace it, or choose another "
-                                     f"--out")
+                options = ("pass --resume to continue it or --overwrite to replace it" if self.kind in RESUMABLE
+                           else "pass --overwrite to replace it")
+                raise RunFolderError(f"{self.path} already holds a {self.kind} run ({', '.join(found)}); {options}, "
+                                     f"or choose another --out")
             if self.overwrite and found:
                 removed = self._remove_artefacts()
                 logger.warning("%s: --overwrite removed the previous run (%s)", self.path, ", ".join(removed))

@@ -122,14 +122,16 @@ def verify_folder(embedder: Embedder, folder: str, n_pairs: int = 600, folds: in
 
 
 def format_verify_table(results: Dict[str, Dict[str, Any]]) -> str:
-    rows = [("set", "pairs", "accuracy %", "VAL@FAR1e-3 %", "AUC", "EER %", "seconds")]
+    from ..metrics.verification import cosine_threshold
+
+    rows = [("set", "pairs", "accuracy %", "VAL@FAR1e-3 %", "AUC", "EER %", "cosine threshold", "seconds")]
     for stem, r in results.items():
         if stem == META_KEY:
             continue
         val = r.get("val_at_far_1e-3")
         rows.append((stem, str(r["pairs"]), f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}",
                      f"{100 * val:.2f}" if val is not None else "-", f"{r['auc']:.4f}", f"{100 * r['eer']:.2f}",
-                     f"{r['seconds']:.1f}"))
+                     f"{cosine_threshold(r):.4f}" if "fold_threshold" in r else "-", f"{r['seconds']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
