@@ -146,13 +146,22 @@ def views_mode(mode, steps, teacher, model, head, kd_loss, opt, bank_dir="") -> 
     # warm-up: 2 steps, plus as many as the workers hold ready (2 each) after compiling, so that the timed steps
     # measure the steady state, not batches prefetched while the first step compiled
     warm_steps = 2 + 2 * workers
-    sampler = EpochBatchSampler(len(faces), BATCH, seed=0, max_batches=steps + warm_steps)
+    sampler = EpochBatchSampler(len(faces), BATCH, seed=0)
     loader = torch.utils.data.DataLoader(samples, batch_sampler=sampler, num_workers=workers,
-                                         collate_fn=ViewBatches(samples, teacher=live),
+                                         collate_fn=ViewBatches(samples, teacher=live), persistent_workers=workers > 0,
                                          prefetch_factor=2 if workers else None)
+
+    def batches():  # as many epochs of the 400 faces (12 batches each) as the steps need
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            samples.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
     labels = torch.randint(0, 1000, (BATCH,))
     times, t_prev, warm = [], time.perf_counter(), 0.0
-    for i, (images, _, index, view, t_emb) in enumerate(loader):
+    for i, (images, _, index, view, t_emb) in zip(range(steps + warm_steps), batches()):
         x = pocketnas.data.normalize(images).contiguous(memory_format=torch.channels_last)
         emb = model(x)
         loss = F.cross_entropy(head(emb, labels), labels)
@@ -368,7 +377,8 @@ def ratio_lines(results: dict) -> None:
     base = step("views_nokd")
     print(f"function matching, speed against the same views without distillation: from the bank "
           f"{base / step('views_bank'):.2f}x (target >= 0.90x), teacher live in the workers "
-          f"{base / step('views_overlap'):.2f}x, teacher live in the training process {base / step('views_serial'):.2f}x")
+          f"{base / step('views_overlap'):.2f}x, teacher live in the training process "
+          f"{base / step('views_serial'):.2f}x")
 
 
 def main() -> None:

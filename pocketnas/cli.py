@@ -224,7 +224,8 @@ def _cmd_teacher_bank(args: argparse.Namespace) -> int:
 
     manifest = build_teacher_bank(args.out, args.data, args.teacher, args.views, args.view_seed, args.teacher_arch,
                                   args.teacher_input_norm, args.view_size, args.workers, args.threads,
-                                  args.block, overwrite=args.overwrite, labelled=not args.no_labels, skip_bad=args.skip_bad)
+                                  args.block, overwrite=args.overwrite, labelled=not args.no_labels,
+                                  skip_bad=args.skip_bad)
     size = sum(r["bytes"] for r in manifest["finished"].values())
     print(f"teacher bank {args.out}: {manifest['images']} images x {len(manifest['finished'])} views x "
           f"{manifest['dim']} dims (float16, {size / 2 ** 20:.1f} MiB); train with --set teacher_bank={args.out} "

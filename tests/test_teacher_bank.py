@@ -117,14 +117,16 @@ def test_a_damaged_or_foreign_bank_is_refused(tmp_path, people, teacher):
 
 
 def test_training_reads_the_bank_and_matches_a_run_that_computes_the_teacher(tmp_path, people, teacher):
-    kw = dict(kd="embedding", teacher=teacher, augment=True, view_bank=2, epochs=2, batch_size=8,
+    # lr tiny: the weights barely move, so each epoch's losses compare the targets themselves (at a training lr a
+    # tiny network's trajectory amplifies float16's rounding of the targets within a few steps)
+    kw = dict(kd="embedding", teacher=teacher, augment=True, view_bank=2, epochs=2, batch_size=8, lr=1e-6,
               lr_reference_batch=8, max_batches_per_epoch=2, data=people, workers=0, seed=5, view_seed=0)
     cached = train(tiny(**kw), str(tmp_path / "cached"))
     banked = train(tiny(teacher_bank=str(tmp_path / "bank"), **kw), str(tmp_path / "banked"))
     log = (tmp_path / "banked" / "log.txt").read_text()
     assert "building 2 views per image before training" in log and "read from the teacher bank" in log
     for a, b in zip(cached["epochs"], banked["epochs"]):  # the same targets, to float16 rounding
-        assert a["kd"] == pytest.approx(b["kd"], rel=1e-2) and a["ce"] == pytest.approx(b["ce"], rel=1e-2)
+        assert a["kd"] == pytest.approx(b["kd"], rel=2e-3) and a["ce"] == pytest.approx(b["ce"], rel=1e-4)
     # a second run (another seed: another order and other picks among the views) reuses the bank as it is
     stamp = os.path.getmtime(tmp_path / "bank" / "view_000.f16")
     train(tiny(teacher_bank=str(tmp_path / "bank"), **{**kw, "seed": 6}), str(tmp_path / "again"))

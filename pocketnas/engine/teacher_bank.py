@@ -175,7 +175,6 @@ class _BlockWorker:
         from .sampling import open_face_dataset
         from .teachers import FixedTeacher, build_fixed_teacher
 
-        torch.set_num_threads(threads)
         self.faces = open_face_dataset(data, view_size, labelled=labelled, skip_bad=skip_bad)
         self.teacher = FixedTeacher(build_fixed_teacher(teacher, teacher_arch, input_norm, "cpu", threads))
         self.augment, self.view_seed = FaceViewAugment(), view_seed
@@ -203,6 +202,7 @@ _WORKER: Optional[_BlockWorker] = None
 
 def _init_worker(*args) -> None:
     global _WORKER
+    torch.set_num_threads(args[6])  # this worker's share (in-process building leaves the caller's setting alone)
     _WORKER = _BlockWorker(*args)
 
 

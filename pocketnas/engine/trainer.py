@@ -162,8 +162,8 @@ class Trainer(Run):
             changed = {f.name for f in dataclasses.fields(TrainConfig)
                        if getattr(saved, f.name) != getattr(cfg, f.name)}
             order = changed & {"seed", "batch_size", "data", "flip", "max_batches_per_epoch", "arch", "genotype",
-                               "embedding_size", "kd", "teacher", "augment", "view_bank", "mixup_alpha", "view_size", "view_seed",
-                               "skip_bad"}
+                               "embedding_size", "kd", "teacher", "augment", "view_bank", "mixup_alpha", "view_size",
+                               "view_seed", "skip_bad"}
             if order:
                 raise ConfigError(f"--resume: {', '.join(sorted(order))} differ from the checkpoint's run; an exact "
                                   f"resume needs the same values")
