@@ -408,7 +408,8 @@ def main() -> None:
         if r:
             results[mode] = r
     base = results["plain"]["images_per_s"] if "plain" in results else float("nan")
-    print(f"\nPocketNetS-128 training step, batch {BATCH}, 2 threads (median of {args.steps} steps after 2 warm-up)")
+    print(f"\nPocketNetS-128 training step, batch {BATCH}, 2 threads (median of {args.steps} steps after a warm-up of "
+          f"2, and of 6 where 2 DataLoader workers hold batches ready)")
     print(f"{'mode':<15}{'s/step':>9}{'images/s':>10}{'vs plain':>10}{'warm-up s':>11}")
     for mode, r in results.items():
         print(f"{mode:<15}{r['step_s']:>9.3f}{r['images_per_s']:>10.1f}{r['images_per_s'] / base:>9.2f}x"
