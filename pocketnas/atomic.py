@@ -5,22 +5,26 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Union
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator, Optional, Union
 
 
-def atomic_write(path: str, data: Union[bytes, str]) -> None:
-    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically. The temporary name is unique to this
-    process, so several processes may write the same file (the last rename wins, never a mix)."""
+@contextmanager
+def atomic_writer(path: str, suffix: Optional[str] = None) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: ``.tmp-*<suffix>`` beside it (default: the path's extension),
+    fsynced and renamed into place when the block ends without an error, removed otherwise. The temporary name is
+    unique, so several processes may write the same file (the last rename wins, never a mix)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1] if suffix is None else suffix,
+                               dir=folder)
     umask = os.umask(0)
     os.umask(umask)
     try:
         os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -28,6 +32,12 @@ def atomic_write(path: str, data: Union[bytes, str]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str, data: Union[bytes, str]) -> None:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically."""
+    with atomic_writer(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:

@@ -15,12 +15,12 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from ..atomic import atomic_writer
 from ..errors import PocketnasError
 from ..genotype import Genotype
 
@@ -92,21 +92,10 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file (the
+    temporary is a ``.tmp-*.pt``, which a run folder's next claim removes)."""
+    with atomic_writer(path, suffix=".pt") as f:
+        torch.save(obj, f)
 
 
 def plain_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
