@@ -87,6 +87,23 @@ def test_a_run_stopped_as_asked_leaves_its_backbone(tmp_path):
     _assert_same_state(record["state_dict"], {k[len(prefix):]: v for k, v in trained.items() if k.startswith(prefix)})
 
 
+def test_a_run_resumed_at_its_stop_writes_the_checkpoints_backbone_and_takes_no_step(tmp_path):
+    """A stage killed after a checkpoint becomes a model: --resume --set stop_after_steps=<the checkpoint's step>."""
+    from pocketnas.models.checkpoint import read_checkpoint
+
+    run = str(tmp_path)
+    train(tiny(save_every_steps=2, stop_after_steps=4), run)  # as if killed after the checkpoint of step 4
+    os.unlink(os.path.join(run, "model.pt"))
+    before = _weights(run)
+    history = train(tiny(save_every_steps=2, stop_after_steps=4), run, resume=True)
+    assert history["stopped_at_step"] == 4 and _weights(run)["step"] == 4
+    record = read_checkpoint(os.path.join(run, "model.pt"))
+    assert record["meta"]["step"] == 4
+    prefix = "backbone."
+    _assert_same_state(record["state_dict"],
+                       {k[len(prefix):]: v for k, v in before["model"].items() if k.startswith(prefix)})
+
+
 def test_resume_refuses_a_different_data_order(tmp_path):
     run = str(tmp_path)
     train(tiny(stop_after_steps=2), run)

@@ -545,6 +545,14 @@ class Trainer(Run):
 
         cfg, env = self.cfg, self.env
         history: Dict[str, Any] = {"epochs": [], "verification": {}}
+        if cfg.stop_after_steps and self.step >= cfg.stop_after_steps:
+            # a run resumed at (or past) its stop: its checkpoint's backbone as model.pt, nothing trained (how a
+            # stage killed at a checkpoint becomes a file to evaluate or release)
+            self.save_backbone(os.path.join(self.out_dir, "model.pt"))
+            logger.info("step %d is at or past stop_after_steps (%d): model.pt written from the checkpoint, no step "
+                        "taken", self.step, cfg.stop_after_steps)
+            history["stopped_at_step"] = self.step
+            return history
         self.module.train()
         start = time.perf_counter()
         try:
