@@ -321,8 +321,13 @@ def _read_progress(out: str, manifest: Dict[str, Any]) -> set:
         return set()
     if not isinstance(progress, dict) or progress.get("key") != manifest["key"]:
         return set()
-    return {b for b in progress.get("blocks", []) if isinstance(b, str)
-            and os.path.isfile(os.path.join(out, view_file(int(b.split(":")[0])) + ".partial"))}
+    done = set()
+    for b in progress.get("blocks", []):  # "view:start:stop"; anything else (a damaged file) is recomputed
+        parts = b.split(":") if isinstance(b, str) else []
+        if len(parts) == 3 and all(p.isdigit() for p in parts) \
+                and os.path.isfile(os.path.join(out, view_file(int(parts[0])) + ".partial")):
+            done.add(b)
+    return done
 
 
 def _blocks(todo: Sequence[Tuple[int, int, int]], args: tuple, workers: int
