@@ -248,7 +248,12 @@ class Searcher(Run):
                        and f.name not in ("workers", "threads", "log_every", "stop_after_epochs", "epochs")]
             if changed:
                 raise ConfigError(f"--resume: {', '.join(changed)} differ from the checkpoint's search")
+        requested = cfg.precision
         cfg.precision = resolve_precision(cfg.precision, self.env.device, cfg.amp)
+        if cfg.precision == "fp16":  # the search steps have no loss scaling, which float16 needs
+            if requested != "auto":
+                raise ConfigError("precision fp16 is for training (loss scaling); a search runs in bf16 or fp32")
+            cfg.precision = "fp32"
         self._setup_logging()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
