@@ -40,5 +40,22 @@ def atomic_write(path: str, data: Union[bytes, str]) -> None:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+def atomic_write_json(path: str, obj: Any, sort_keys: bool = True, default: Any = None) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=sort_keys, default=default) + "\n")
+
+
+def atomic_savefig(fig: Any, path: str, **kwargs: Any) -> str:
+    """A matplotlib figure saved atomically (the format from the path's extension, as ``savefig`` would)."""
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    with atomic_writer(path) as f:
+        fig.savefig(f, format=fmt, **kwargs)
+    return path
+
+
+def atomic_save_image(image: Any, path: str) -> str:
+    """A Pillow image saved atomically (the format from the path's extension)."""
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP"}.get(
+        os.path.splitext(path)[1].lstrip(".").lower(), "PNG")
+    with atomic_writer(path) as f:
+        image.save(f, format=fmt)
+    return path

@@ -24,6 +24,16 @@ class InputError(PocketnasError, ValueError):
     """A file, an argument or a setting that pocketnas cannot use (and says why)."""
 
 
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or folder that an input names and that does not exist (the message names it). A
+    ``FileNotFoundError`` too, so callers that catch that keep working."""
+
+
+class OutputError(InputError):
+    """An output that must not be written: it is one of the command's inputs, it exists and ``--overwrite`` was
+    not given, or its folder cannot be written (read-only, full, a file where a folder should be)."""
+
+
 class UnknownNameError(PocketnasError, KeyError):
     """A name (model, operation, loss, genotype) that no registry holds; the message lists close names."""
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
+# the real faces and weights beside the checkout; POCKETNAS_SHARED points elsewhere (a clone in another place)
+SHARED = os.environ.get("POCKETNAS_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
 
 
 MARKERS = {
@@ -78,6 +79,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_release)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Skips counted by reason at the end of every run: a test skipped for want of ../shared, --run-slow or a
+    package must never pass unnoticed as green."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.replace("Skipped: ", "")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.write_sep("-", f"{len(skipped)} skipped, by reason")
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{n:5d}  {reason}")
+
+
 @pytest.fixture(scope="session")
 def shared() -> str:
     """The real data and notes given beside the project (tests may read them; the product never does). Where the
@@ -86,7 +103,7 @@ def shared() -> str:
     if not os.path.isdir(SHARED):
         if os.environ.get("POCKETNAS_REQUIRE_SHARED") == "1":
             pytest.fail(f"the shared folder is missing: {SHARED} (POCKETNAS_REQUIRE_SHARED=1)")
-        pytest.skip(f"needs the shared data folder {SHARED}")
+        pytest.skip(f"needs the shared data folder {SHARED} (set POCKETNAS_SHARED to where it is)")
     return SHARED
 
 

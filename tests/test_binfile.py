@@ -95,7 +95,7 @@ def test_wrong_contents(tmp_path, shared):
         read_bin(str(tmp_path / "b.bin"))
     with open(tmp_path / "c.bin", "wb") as f:
         pickle.dump((bins[:3] + [b"\x00garbage"], issame[:2]), f)
-    with pytest.raises(DataFormatError, match=r"c.bin: image 3 \(pair 1\): cannot decode image"):
+    with pytest.raises(DataFormatError, match=r"c.bin: image 3 \(pair 1\) is not a JPEG/PNG/BMP image"):
         read_bin(str(tmp_path / "c.bin"))
     (tmp_path / "d.bin").write_bytes(b"\x80\x05garbage")
     with pytest.raises(DataFormatError, match=r"d.bin: not a verification .bin"):

@@ -56,7 +56,6 @@ def test_export_parity_on_real_faces(tmp_path, trained_tiny):
     parity = export_checked(model, str(tmp_path / "m.onnx"), crops)
     assert parity["min_cosine"] > 0.9999 and parity["images"] == 64
     import onnx
-    from onnx import numpy_helper
 
     proto = onnx.load(str(tmp_path / "m.onnx"))
     meta = {p.key: p.value for p in proto.metadata_props}

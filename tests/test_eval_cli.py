@@ -29,7 +29,7 @@ def tiny_model(tmp_path_factory, orl_faces):
 def test_verify_json_schema(tmp_path, tiny_model, shared):
     js = tmp_path / "r.json"
     assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--threads", "2",
-                 "--json", str(js), "--no-latency"]) == 0
+                 "--json", str(js), "--no-latency", "--cost"]) == 0
     data = json.loads(js.read_text())
     assert set(data) == {"orl", "_meta"}
     assert VERIFY_KEYS <= set(data["orl"]) and data["orl"]["pairs"] == 600 and len(data["orl"]["fold_accuracy"]) == 10
@@ -132,10 +132,10 @@ def test_onnxruntime_engine_falls_back_to_torch_when_it_disagrees(tiny_model, mo
 @pytest.mark.slow
 def test_pairs_on_a_folder(tmp_path, tiny_model, capsys):
     js = tmp_path / "p.json"
-    assert main(["eval", "pairs", orl_root(), "--model", tiny_model, "--pairs", "200", "--json", str(js),
-                 "--no-cost"]) == 0
+    assert main(["eval", "pairs", orl_root(), "--model", tiny_model, "--pairs", "200", "--json", str(js)]) == 0
     out = capsys.readouterr().out
-    assert "TAR at FAR: 1e-03" in out
+    assert "TAR at FAR: 1e-03" in out and "MFLOPs" not in out  # the cost report is opt-in (--cost)
+    assert "cost" not in json.loads(js.read_text())["_meta"]
     r = json.loads(js.read_text())["orl"]
     assert r["pairs"] == 200 and r["person_disjoint_folds"] and set(r["tar_at_far"]) == {"1e-03", "1e-02", "1e-01"}
     assert 0 <= r["eer"] <= 0.5
@@ -156,7 +156,7 @@ def test_cost_command(tmp_path, capsys):
 def test_compare_plot(tmp_path, tiny_model, shared, capsys):
     small = tmp_path / "small.json"
     assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--no-flip",
-                 "--json", str(small), "--no-latency"]) == 0
+                 "--json", str(small), "--no-latency", "--cost"]) == 0
     other = json.loads(small.read_text())
     other["_meta"]["model"], other["_meta"]["cost"]["params"] = "bigger", 10 * other["_meta"]["cost"]["params"]
     (tmp_path / "big.json").write_text(json.dumps(other))

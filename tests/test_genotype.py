@@ -123,7 +123,6 @@ def test_cell_diagram_png(tmp_path):
 def test_agreement_of_two_genotypes_by_hand():
     """Identical genotypes agree fully; a hand-made variant of pocketnet_casia agrees by the counts worked out
     here, per cell; the CLI prints and writes the same figures."""
-    import json
     import subprocess
     import sys
 

@@ -46,8 +46,12 @@ def test_the_budget_window_holds_for_twenty_draws():
             net = pocketnas.create_model("pocketnet", genotype=g)
         assert sum(p.numel() for p in net.parameters()) == cost  # the cost model counts the real network
     assert [g.to_legacy() for g, _ in sample_genotypes(space, 3, 3, budget)] == [g.to_legacy() for g, _ in found[:3]]
-    with pytest.raises(ValueError, match="fit params 3,000,000"):
-        sample_genotypes(space, 2, 0, Budget("params", 3.0e6, 0.01), max_draws=500)
+    with pytest.raises(ValueError, match="params 3,000,000 \\+- 1 % is out of reach: every genotype of pocketnet"):
+        sample_genotypes(space, 2, 0, Budget("params", 3.0e6, 0.01), max_draws=500)  # said before any draw
+    # the bound it refuses with holds every genotype of the space
+    low, high = budget.cost_model(space).bounds(space.nodes, space.inputs_per_node)
+    costs = [c for _, c in sample_genotypes(space, 200, 0, Budget("params", 1.0e6, 0.9))]
+    assert low <= min(costs) and max(costs) <= high
 
 
 @pytest.mark.parametrize("proxy", sorted(PROXIES.names()))

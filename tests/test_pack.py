@@ -60,11 +60,11 @@ def test_data_commands(tmp_path, shared, capsys):
                            (str(tmp_path / "p.bin"), "100 pairs (50 genuine, 50 impostor)"),
                            (orl_root(), "400 images of 40 identities")]:
         png, js = tmp_path / "sheet.png", tmp_path / "info.json"
-        assert main(["data", "inspect", target, "--out", str(png), "--json", str(js)]) == 0
+        assert main(["data", "inspect", target, "--out", str(png), "--json", str(js), "--overwrite"]) == 0
         assert expect in capsys.readouterr().out
         assert os.path.getsize(png) > 20_000 and json.loads(js.read_text())["contact_sheet"] == str(png)
     assert main(["data", "inspect", str(tmp_path / "missing.bin")]) == 2
-    assert "no such .bin file" in capsys.readouterr().err
+    assert "missing.bin: no such file" in capsys.readouterr().err
 
 
 def test_subset_pack_copies_identities(tmp_path, shared):

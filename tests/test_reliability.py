@@ -363,8 +363,9 @@ def test_case10_damaged_or_foreign_checkpoints(tmp_path, capsys, content, messag
     assert main(["train", "--data", orl_root(), "--out", str(run), "--resume"]) == 2
     assert message.split("'")[0] in capsys.readouterr().err
     if content is not None:
+        (run / "x.bin").write_bytes(b"a placeholder: the model is refused first")
         for argv in (["info", str(run / "checkpoint.pt")], ["eval", "verify", "--model", str(run / "checkpoint.pt"),
-                                                            "--bin", "x.bin"]):
+                                                            "--bin", str(run / "x.bin")]):
             assert main(argv) == 2
             assert message in capsys.readouterr().err
 

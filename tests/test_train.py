@@ -13,7 +13,6 @@ from pocketnas.data import orl_root
 from pocketnas.engine.train_config import TrainConfig
 from pocketnas.engine.trainer import train
 
-from conftest import REPO
 
 TINY = dict(arch="pocketnet", model_kwargs={"channels": 4, "layers": 3, "embedding_size": 32}, batch_size=16,
             workers=0, epochs=2, max_batches_per_epoch=3, lr=0.1, lr_reference_batch=16, milestones=[2],

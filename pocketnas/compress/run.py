@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from ..data.transforms import normalize
 from ..models.checkpoint import save
 from ..models.factory import load
 from ..models.embedders import TorchEmbedder
+from ..outputs import staged_file
 from .prune import gradient_scores, make_permanent, prune_model, sparsity
 
 logger = logging.getLogger(__name__)
@@ -237,19 +239,35 @@ def _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_p
 
 def export_model(model: nn.Module, fmt: str, out: str, calib: Optional[str] = None,
                  bin_path: Optional[str] = None, int8_mode: str = "static", opset: int = 17) -> Dict[str, Any]:
-    """Export with a parity check on real face crops; int8 calibrated on face crops; the files' cost."""
-    from .deploy import (export_checked, export_torchscript, face_crops, file_cost, onnx_outputs, compare_outputs,
-                         quantize_int8, torch_outputs)
+    """Export with a parity check on real face crops; int8 calibrated on face crops; the files' cost. The files
+    appear at ``out`` (and, for int8, its ``.fp32.onnx`` sibling) only when every check has passed."""
+    from .deploy import face_crops
 
     size = int(getattr(model, "input_size", 112))
     norm = model.pocketnas_cfg.input_norm
     crops = face_crops(calib, 256, size)
     report: Dict[str, Any] = {"format": fmt, "calibration_images": int(len(crops)), "input_norm": norm}
+    final_fp32 = out if fmt in ("onnx", "torchscript") else os.path.splitext(out)[0] + ".fp32.onnx"
+    with ExitStack() as stack:  # written aside; moved into place only once every check has passed
+        staged = stack.enter_context(staged_file(out))
+        fp32 = staged if final_fp32 == out else stack.enter_context(staged_file(final_fp32))
+        report.update(_export_files(model, fmt, staged, fp32, crops, norm, bin_path, int8_mode, opset))
+    for key, final in (("fp32", final_fp32), ("int8", out)):  # the files' names, not the staging names
+        if key in report:
+            report[key]["path"] = final
+    report["path"] = out
+    return report
+
+
+def _export_files(model: nn.Module, fmt: str, out: str, fp32: str, crops, norm: str, bin_path: Optional[str],
+                  int8_mode: str, opset: int) -> Dict[str, Any]:
+    from .deploy import (export_checked, export_torchscript, file_cost, onnx_outputs, compare_outputs,
+                         quantize_int8, torch_outputs)
+
+    report: Dict[str, Any] = {}
     if fmt == "torchscript":
         report["parity"] = export_torchscript(model, out, crops[:64])
-        report["path"] = out
         return report
-    fp32 = out if fmt == "onnx" else os.path.splitext(out)[0] + ".fp32.onnx"
     report["parity"] = export_checked(model, fp32, crops[:64], opset)
     report["fp32"] = file_cost(fp32)
     if fmt == "onnx-int8":
@@ -273,5 +291,4 @@ def export_model(model: nn.Module, fmt: str, out: str, calib: Optional[str] = No
             embedders["onnx_int8"] = OnnxEmbedder(out)
         report["verification"] = {k: {key: r[key] for key in ("set", "accuracy_mean", "accuracy_std")}
                                   for k, r in ((k, bin_result(e, bin_path)) for k, e in embedders.items())}
-    report["path"] = out
     return report

@@ -17,8 +17,9 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError
-from .decode import decode_image, encode_jpeg
+from ..atomic import atomic_write
+from ..errors import InputError, MissingFileError
+from .decode import decode_image, encode_jpeg, looks_like_image
 from .errors import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def _unpickle(path: str):
         with open(path, "rb") as f:
             return _BinUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such .bin file") from None
+        raise MissingFileError(f"{path}: no such .bin file") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError, UnicodeDecodeError) as e:
         raise DataFormatError(f"{path}: not a verification .bin ({type(e).__name__}: {e})") from None
@@ -63,6 +64,9 @@ def read_bin_raw(path: str) -> Tuple[List[bytes], List[bool]]:
     for i, b in enumerate(bins):
         if not isinstance(b, (bytes, bytearray)):
             raise DataFormatError(f"{path}: image {i} (pair {i // 2}) is a {type(b).__name__}, not encoded bytes")
+        if not looks_like_image(bytes(b[:16]) + bytes(b[-64:])):  # a damaged image, found before any epoch
+            raise DataFormatError(f"{path}: image {i} (pair {i // 2}) is not a JPEG/PNG/BMP image, or is truncated "
+                                  f"({len(b)} bytes, starting {bytes(b[:8])!r})")
     for i, s in enumerate(issame):
         if not isinstance(s, (bool, int)) or isinstance(s, int) and s not in (0, 1):
             raise DataFormatError(f"{path}: issame entry {i} is {s!r}, not a boolean")
@@ -136,8 +140,4 @@ def write_bin(path: str, images_or_jpeg_bytes: Union[np.ndarray, Sequence[bytes]
         raise InputError(f"{len(bins)} images for {len(issame)} pairs (need two images per pair)")
     buf = io.BytesIO()
     pickle.dump((bins, [bool(s) for s in issame]), buf, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp = f"{path}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buf.getvalue())

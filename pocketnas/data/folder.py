@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from .transforms import check_norm, normalize, pil_to_chw_uint8
 
 logger = logging.getLogger(__name__)
@@ -17,17 +17,61 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff")
 
 
+def is_hidden(name: str) -> bool:
+    """Names that tools leave behind and no one means as data: ``.ipynb_checkpoints``, ``.DS_Store``, ``.git``,
+    macOS ``._`` resource forks, ``__MACOSX``."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def walk_images(root: str) -> List[str]:
+    """Every image file below ``root`` at any depth, sorted, each listed once: hidden folders and files are left
+    out, and a folder reached again through a symbolic link (a link to itself or to a parent: a loop) is not
+    entered twice."""
+    seen, found = set(), []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        found += [os.path.join(folder, f) for f in files
+                  if not is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
 def scan_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """Sorted identity names and (path, label) for every image below ``root/<identity>/``."""
+    """Sorted identity names and (path, label) for every image in ``root/<identity>/`` (directly, not deeper).
+    Hidden folders and files are not identities or images, and a folder without an image is not an identity (both
+    counted in the log); a file reached twice through links is listed once."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such image folder")
-    identities = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        raise MissingFileError(f"{root}: no such image folder")
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    hidden = [d for d in names if is_hidden(d)]
+    identities: List[str] = []
     samples: List[Tuple[str, int]] = []
-    for label, name in enumerate(identities):
+    empty, seen = [], set()
+    for name in (d for d in names if not is_hidden(d)):
         folder = os.path.join(root, name)
+        files = []
         for f in sorted(os.listdir(folder)):
-            if f.lower().endswith(IMAGE_EXTENSIONS):
-                samples.append((os.path.join(folder, f), label))
+            path = os.path.join(folder, f)
+            if is_hidden(f) or not f.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(path):
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                continue
+            seen.add(real)
+            files.append(path)
+        if not files:
+            empty.append(name)
+            continue
+        samples += [(p, len(identities)) for p in files]
+        identities.append(name)
+    if hidden or empty:
+        logger.info("%s: left out %d hidden folder(s)%s and %d folder(s) without images%s", root, len(hidden),
+                    f" ({', '.join(hidden[:3])})" if hidden else "", len(empty),
+                    f" ({', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''})" if empty else "")
     if not samples:
         raise InputError(f"{root}: no images found in identity sub-folders (expected root/<identity>/<image>)")
     return identities, samples
@@ -37,22 +81,28 @@ def load_image(path: str, size: Optional[int] = 112) -> np.ndarray:
     """Decode one image to 3 x S x S uint8 RGB (resized with bilinear filtering when ``size`` differs)."""
     from PIL import Image, UnidentifiedImageError
 
+    from .decode import check_pixels, image_dimensions
+
     try:
+        with open(path, "rb") as f:
+            dims = image_dimensions(f.read(65536))
+        if dims:  # from the header, before Pillow is asked: a decompression bomb is never decoded
+            check_pixels(dims[0], dims[1], path)
         with Image.open(path) as im:
+            check_pixels(im.size[0], im.size[1], path)
             im.load()
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return pil_to_chw_uint8(im)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
         raise InputError(f"{path}: cannot decode image ({e})") from None
 
 
 def scan_images(root: str) -> List[Tuple[str, int]]:
     """(path, -1) for every image below ``root`` at any depth, sorted: an unlabelled face set."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such image folder")
-    found = sorted(os.path.join(d, f) for d, _, files in os.walk(root, followlinks=True) for f in files
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+        raise MissingFileError(f"{root}: no such image folder")
+    found = walk_images(root)
     if not found:
         raise InputError(f"{root}: no images found")
     return [(p, -1) for p in found]
@@ -91,18 +141,26 @@ class FolderDataset(Dataset):
     def _damage(path: str) -> Optional[str]:
         from .decode import looks_like_image
 
+        from .decode import MAX_PIXELS, image_dimensions
+
         try:
             with open(path, "rb") as f:
-                head = f.read(16)
+                head = f.read(65536)  # enough for a JPEG's frame header after its EXIF block, in practice
                 size = os.fstat(f.fileno()).st_size
+                tail = b""
                 if head.startswith(b"\xff\xd8\xff"):
                     f.seek(max(0, size - 64))
-                    head = head + f.read()
+                    tail = f.read()
         except OSError as e:
             return f"cannot read ({e.strerror})"
         if size == 0:
             return "empty file (0 bytes)"
-        return None if looks_like_image(head) else "not a JPEG/PNG/BMP image (or a truncated JPEG)"
+        if not looks_like_image(head[:16] + tail):
+            return "not a JPEG/PNG/BMP image (or a truncated JPEG)"
+        dims = image_dimensions(head)
+        if dims and dims[0] * dims[1] > MAX_PIXELS:
+            return f"{dims[0]} x {dims[1]} pixels: a decompression bomb, or not a face photo"
+        return None
 
     def check_records(self) -> None:
         """Check every image up front without decoding (size, format signature, a JPEG's end marker)."""

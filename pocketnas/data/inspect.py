@@ -35,9 +35,25 @@ def contact_sheet(images: np.ndarray, path: str, columns: int = 8, captions: Opt
         sheet.paste(Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0))), (x, y))
         if captions:
             draw.text((x + 3, y + h + 1), captions[i][:18], fill="black")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sheet.save(path)
-    return path
+    from ..atomic import atomic_save_image
+
+    return atomic_save_image(sheet, path)
+
+
+def _identity_names(pack: str) -> List[str]:
+    """The identity names ``pocketnas data pack`` keeps beside a pack (``identities.txt``: label, tab, folder
+    name); empty where there is none (insightface's packs name no one)."""
+    folder = pack if os.path.isdir(pack) else os.path.dirname(pack)
+    path = os.path.join(folder, "identities.txt")
+    if not os.path.isfile(path):
+        return []
+    names: List[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            label, _, name = line.rstrip("\n").partition("\t")
+            if label.strip().isdigit() and int(label) == len(names):
+                names.append(name)
+    return names
 
 
 def inspect_path(path: str, out_png: Optional[str] = None, samples: int = 32, seed: int = 0) -> Dict[str, Any]:
@@ -65,6 +81,7 @@ def inspect_path(path: str, out_png: Optional[str] = None, samples: int = 32, se
         ds = RecordDataset(path, train=False)
         labels = ds.labels()
         info.update(kind="recordio", num_classes=ds.num_classes)
+        names = _identity_names(path)
 
         def read(i):
             return ds.read_uint8(i)[0]
@@ -72,6 +89,7 @@ def inspect_path(path: str, out_png: Optional[str] = None, samples: int = 32, se
         ds = FolderDataset(path, train=False, size=None)
         labels = np.asarray(ds.labels)
         info.update(kind="folder", num_classes=ds.num_classes)
+        names = list(ds.identities)  # captions by folder name, as the user knows the people
 
         def read(i):
             return ds.read_uint8(i)
@@ -89,7 +107,8 @@ def inspect_path(path: str, out_png: Optional[str] = None, samples: int = 32, se
 
         tiles = [np.asarray(Image.fromarray(t.transpose(1, 2, 0)).resize(size[::-1])).transpose(2, 0, 1)
                  for t in tiles]
-    info["contact_sheet"] = contact_sheet(np.stack(tiles), out_png, captions=[f"id {labels[i]}" for i in pick])
+    captions = [names[labels[i]] if names and 0 <= labels[i] < len(names) else f"id {labels[i]}" for i in pick]
+    info["contact_sheet"] = contact_sheet(np.stack(tiles), out_png, captions=captions)
     pi = info["per_identity"]
     info["summary"] = [f"{info['images']} images of {info['identities']} identities "
                        f"({info['num_classes']} classes declared); images per identity: min {pi['min']}, "

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..outputs import staged_folder
 from .binfile import write_bin
 from .decode import encode_jpeg
 from .folder import load_image, scan_folder
@@ -41,9 +42,11 @@ def pack_folder(folder: str, out_dir: str, size: Optional[int] = 112, quality: i
         from .decode import decode_image
 
         _, h, w = decode_image(encoded[0], samples[0][0]).shape
-    paths = write_insightface_pack(out_dir, list(zip(encoded, [y for _, y in samples])), len(identities), h, w)
-    with open(os.path.join(out_dir, "identities.txt"), "w", encoding="utf-8") as f:
-        f.writelines(f"{i}\t{name}\n" for i, name in enumerate(identities))
+    with staged_folder(out_dir) as tmp:  # the pack appears in out_dir whole, or not at all
+        names = write_insightface_pack(tmp, list(zip(encoded, [y for _, y in samples])), len(identities), h, w)
+        with open(os.path.join(tmp, "identities.txt"), "w", encoding="utf-8") as f:
+            f.writelines(f"{i}\t{name}\n" for i, name in enumerate(identities))
+    paths = {k: os.path.join(out_dir, os.path.basename(v)) for k, v in names.items()}
     logger.info("packed %d images of %d identities into %s", len(samples), len(identities), paths["rec"])
     return paths
 
@@ -131,9 +134,11 @@ def subset_pack(src: str, out_dir: str, identities: int, seed: Optional[int] = N
         images.append((data, new_label[int(labels[i])]))
     images.sort(key=lambda t: t[1])
     ds.reader.close()
-    paths = write_insightface_pack(out_dir, images, identities)
-    with open(os.path.join(out_dir, "subset.txt"), "w", encoding="utf-8") as f:
-        f.write(f"source {os.path.abspath(src)}\nseed {seed}\n")
-        f.writelines(f"{i}\t{int(c)}\n" for i, c in enumerate(chosen))
+    with staged_folder(out_dir) as tmp:  # never over the source: the command line refuses out_dir == src first
+        names = write_insightface_pack(tmp, images, identities)
+        with open(os.path.join(tmp, "subset.txt"), "w", encoding="utf-8") as f:
+            f.write(f"source {os.path.abspath(src)}\nseed {seed}\n")
+            f.writelines(f"{i}\t{int(c)}\n" for i, c in enumerate(chosen))
+    paths = {k: os.path.join(out_dir, os.path.basename(v)) for k, v in names.items()}
     logger.info("wrote %d images of %d identities of %s into %s", len(images), identities, src, paths["rec"])
     return paths

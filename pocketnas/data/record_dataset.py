@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .decode import decode_image, looks_like_image
+from .decode import check_pixels, decode_image, image_dimensions, looks_like_image
+from ..errors import MissingFileError
 from .errors import DataFormatError
 from .recordio import RecordIOReader, read_property, unpack_payload
 from .transforms import check_norm, normalize
@@ -25,7 +26,7 @@ def resolve_pack(path: str) -> Tuple[str, str, str]:
         if not os.path.isfile(rec):
             recs = sorted(f for f in os.listdir(path) if f.endswith(".rec"))
             if len(recs) != 1:
-                raise FileNotFoundError(f"{path}: expected train.rec (or exactly one .rec file) in the folder")
+                raise MissingFileError(f"{path}: expected train.rec (or exactly one .rec file) in the folder")
             rec = os.path.join(path, recs[0])
     else:
         rec = path
@@ -103,11 +104,18 @@ class RecordDataset(Dataset):
 
     def _check_record(self, key: int) -> None:
         """What can be checked without decoding: framing, label, and that the payload looks like an image."""
-        _, label, data = unpack_payload(self.reader.read(key), self._where(key))
+        header, label, data = unpack_payload(self.reader.read(key), self._where(key))
+        if self.reader.idx_path and header.id not in (key, 0):  # insightface and mxnet write the key as the id
+            raise DataFormatError(f"{self._where(key)}: the index points to a record whose header says id "
+                                  f"{header.id}: {self.reader.idx_path} does not belong to this .rec (or is stale); "
+                                  f"delete it and pocketnas rebuilds it by a scan")
         self._label_of(key, label)
         if not looks_like_image(data):
             raise DataFormatError(f"{self._where(key)}: {'empty image' if not data else 'not a JPEG/PNG/BMP image'} "
                                   f"({len(data)} bytes, starting {data[:8]!r})")
+        dims = image_dimensions(data)
+        if dims:
+            check_pixels(dims[0], dims[1], self._where(key))
 
     def check_records(self) -> None:
         """Check every image record up front (no decoding, about a second for 36 k records): the first damaged

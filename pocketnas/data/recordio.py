@@ -21,6 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import MissingFileError
 from .errors import DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class RecordIOReader:
         self._mm: Optional[mmap.mmap] = None
         self._pid = -1
         if not os.path.isfile(self.rec_path):
-            raise FileNotFoundError(f"{self.rec_path}: no such RecordIO file")
+            raise MissingFileError(f"{self.rec_path}: no such RecordIO file")
         self.size = os.path.getsize(self.rec_path)
         idx_path = idx_path or os.path.splitext(self.rec_path)[0] + ".idx"
         if os.path.isfile(idx_path) and os.path.getsize(idx_path) == 0 and self.size > 0:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def weights_dir() -> str:
 def _load(net: nn.Module, name: str) -> nn.Module:
     path = os.path.join(weights_dir(), name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: the detector's weights are missing from the package (reinstall it)")
+        raise MissingFileError(f"{path}: the detector's weights are missing from the package (reinstall it)")
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     if digest != WEIGHTS[name]:

@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..data.align import align_face
-from ..data.folder import IMAGE_EXTENSIONS
+from ..data.folder import IMAGE_EXTENSIONS, walk_images
 from ..data.transforms import pil_to_chw_uint8
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from .mtcnn import MTCNN, Face, default_detector
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,7 @@ def align_photo(image_hwc: np.ndarray, size: int = 112, detector: Optional[MTCNN
 
 
 def _photos(root: str) -> List[str]:
-    found = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root, followlinks=True)
-                   for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    found = [os.path.relpath(p, root) for p in walk_images(root)]  # hidden files left out, link loops entered once
     if not found:
         raise InputError(f"{root}: no photos found ({', '.join(IMAGE_EXTENSIONS)})")
     return found
@@ -81,13 +80,13 @@ def align_folder(src: str, out_dir: str, size: int = 112, min_face: int = 20, ov
     from tqdm import tqdm
 
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"{src}: no such photo folder")
+        raise MissingFileError(f"{src}: no such photo folder")
     photos = _photos(src)
     _claim(out_dir, overwrite)
     detector = MTCNN(min_size=min_face)
     report: Dict[str, Any] = {"source": os.path.abspath(src), "size": size, "min_face": min_face,
                               "photos": len(photos), "aligned": 0, "no_face": [], "unreadable": [],
-                              "several_faces": 0, "written": []}
+                              "several_faces": 0, "several_faces_photos": [], "written": []}
     for rel in tqdm(photos, desc="aligning", unit="photo", disable=not progress):
         try:
             image = read_photo(os.path.join(src, rel))
@@ -99,7 +98,9 @@ def align_folder(src: str, out_dir: str, size: int = 112, min_face: int = 20, ov
         if aligned is None:
             report["no_face"].append(rel)
             continue
-        report["several_faces"] += len(faces) > 1
+        if len(faces) > 1:  # named, not only counted: the most confident face was kept, which may not be the one meant
+            report["several_faces"] += 1
+            report["several_faces_photos"].append(rel)
         target = os.path.splitext(rel)[0] + ".png"
         path = os.path.join(out_dir, target)
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
+from ..jsonfile import read_json_object, require
 from ..genotype import PUBLISHED, Genotype, get_genotype
 from ..metrics.verification import COLLAPSE_WARNING
 from ..nas.random_search import Budget, sample_genotypes
@@ -126,16 +127,25 @@ def load_entries(specs: Sequence[str]) -> List[Entry]:
         if spec in PUBLISHED:
             out.append(Entry(spec, PUBLISHED[spec], "published"))
         elif os.path.isfile(spec) and os.path.basename(spec) == CANDIDATES:
-            with open(spec, encoding="utf-8") as f:
-                data = json.load(f)
-            out += [Entry(e["name"], get_genotype(e["genotype"]), e["source"], dict(e.get("scores", {})))
-                    for e in data["entries"]]
+            data = read_json_object(spec, "candidates.json of pocketnas search --method random|zero-cost")
+            entries = require(data, ["entries"], spec, [list])["entries"]
+            for i, e in enumerate(entries):
+                where = f"{spec}: entries[{i}]"
+                require(e, ["name", "genotype", "source"], where, [str, object, str])
+                scores = e.get("scores", {})
+                if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) for v in scores.values()):
+                    raise InputError(f"{where}: 'scores' must map proxy names to numbers")
+                try:
+                    genotype = get_genotype(e["genotype"])
+                except (TypeError, ValueError) as err:
+                    raise InputError(f"{where}: genotype: {err}") from None
+                out.append(Entry(e["name"], genotype, e["source"], dict(scores)))
         elif os.path.isfile(spec):
             stem = os.path.splitext(os.path.basename(spec))[0]
             name = os.path.basename(os.path.dirname(os.path.abspath(spec))) if stem == "genotype" else stem
             out.append(Entry(name, get_genotype(spec), _search_source(spec) if stem == "genotype" else "file"))
         else:
-            raise FileNotFoundError(f"{spec}: neither a genotype file, a candidates.json nor a published genotype "
+            raise MissingFileError(f"{spec}: neither a genotype file, a candidates.json nor a published genotype "
                                     f"({', '.join(sorted(PUBLISHED))})")
     names = [e.name for e in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -273,7 +283,7 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
         raise InputError("nas-eval needs at least one genotype")
     missing = [b for b in bins if not os.path.isfile(b)]
     if missing:
-        raise FileNotFoundError(f"no such .bin file: {', '.join(missing)}")
+        raise MissingFileError(f"no such .bin file: {', '.join(missing)}")
     for p in proxies:
         PROXIES.get(p)
     k_shard, n_shards = shard
@@ -407,7 +417,8 @@ def plot_accuracy_vs_params(report: Dict[str, Any], path: str) -> str:
     axes[1].set_title("AUC (threshold-free) against size")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from ..atomic import atomic_savefig
+
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path

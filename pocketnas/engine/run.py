@@ -31,7 +31,7 @@ class Run:
         except BaseException as e:
             if self._log_handler is not None:
                 log_run_failure(e)
-            self.close()
+            self.close(abandon=True)
             raise
 
     def _init(self, resume: bool) -> None:  # pragma: no cover - interface
@@ -46,20 +46,27 @@ class Run:
                 logger.info("torch.distributed: %s process group of %d on %s", dist.get_backend(),
                             self.env.world_size, self.env.device)
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Close the log and release the folder; ``abandon``: the set-up failed, so remove what it wrote (see
+        :meth:`RunFolder.abandon_setup`) once the log is closed."""
         close_run_log(self.tb, self._log_handler)
         self.tb, self._log_handler = None, None
+        if abandon and self.env.is_main:
+            self.folder.abandon_setup()
         self.folder.release()
         dist_utils.teardown(self.env)
 
 
 def run_to_end(run: Run, work: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     """``work()`` (the run's loop); an error that ends it goes to the run's log, and the run is closed."""
+    failed = True
     try:
-        return work()
+        result = work()
+        failed = False
+        return result
     except BaseException as e:
         if run.env.is_main:
             log_run_failure(e)
         raise
     finally:
-        run.close()
+        run.close(abandon=failed)  # a run that failed before its first checkpoint leaves nothing blocking a retry

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -40,7 +39,8 @@ KINDS = {
                "unpruned")),
 }
 
-RESUMABLE = ("train", "search")  # the commands that take --resume (demo and prune start over)
+RESUMABLE = ("train", "search")
+SETUP_FILES = ("config.yaml", "tb")  # written before a run's first result; removed when its set-up fails  # the commands that take --resume (demo and prune start over)
 
 
 class RunFolderError(ConfigError):
@@ -167,6 +167,7 @@ class RunFolder:
                 removed = self._remove_artefacts()
                 logger.warning("%s: --overwrite removed the previous run (%s)", self.path, ", ".join(removed))
             self._clean_temporaries()
+            self.fresh = not found or self.overwrite
         except BaseException:
             self.release()
             raise
@@ -186,12 +187,43 @@ class RunFolder:
         return removed
 
     def _clean_temporaries(self) -> None:
-        stale = [p for p in glob.glob(os.path.join(self.path, "**", ".tmp-*.pt"), recursive=True)]
+        """Remove ``.tmp-*`` files of interrupted atomic writes below the folder. The walk never follows a symbolic
+        link (a linked folder may lie outside the run), and a link named like a temporary is removed itself, never
+        what it points to."""
+        stale = []
+        for folder, dirs, files in os.walk(self.path, followlinks=False):
+            stale += [os.path.join(folder, f) for f in files if f.startswith(".tmp-")]
+            stale += [os.path.join(folder, d) for d in dirs if d.startswith(".tmp-")
+                      and os.path.islink(os.path.join(folder, d))]
         for p in stale:
             os.unlink(p)
         if stale:
             logger.warning("%s: removed %d temporary file(s) of an interrupted write (%s)", self.path, len(stale),
                            ", ".join(os.path.relpath(p, self.path) for p in stale[:3]))
+
+    def abandon_setup(self) -> List[str]:
+        """After a run that failed before it produced anything (no checkpoint, model or result): remove the set-up
+        files it wrote (``config.yaml``, ``tb/``), so that a corrected retry is not refused as "already holds a
+        run". ``log.txt`` stays, with the error. A folder that held a run before (``--resume``) is left alone."""
+        if not (self.held and getattr(self, "fresh", False)):
+            return []
+        progress = [m for m in self.existing_run() if m not in SETUP_FILES]
+        if progress:
+            return []
+        removed = []
+        for name in SETUP_FILES:
+            p = os.path.join(self.path, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                os.unlink(p)
+            else:
+                continue
+            removed.append(name)
+        if removed:
+            logger.info("%s: the run stopped before it produced anything; removed its set-up files (%s)", self.path,
+                        ", ".join(removed))
+        return removed
 
     def release(self) -> None:
         f, self._file = self._file, None

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError, config_from_dict
-from ..errors import DivergedError
+from ..errors import DivergedError, MissingFileError
 from ..data.transforms import normalize
 from ..genotype import Genotype
 from ..layers import use_torch_kernels
@@ -142,6 +142,8 @@ class SearchConfig:
         if self.input_size % 8:
             raise ConfigError(f"{source}: input_size must be a multiple of 8 (three reductions after the stem), got "
                               f"{self.input_size}")
+        if self.seed < 0:
+            raise ConfigError(f"{source}: seed must be >= 0, got {self.seed}")
         from ..config import check_device
 
         check_device(self.device, source)
@@ -227,6 +229,8 @@ class Searcher(Run):
     kind = "search"
 
     def __init__(self, cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False):
+        if cfg.data and not os.path.exists(cfg.data):  # before the run folder is touched
+            raise MissingFileError(f"data {cfg.data}: no such file or folder")
         self._start(cfg, out_dir, resume, overwrite)
 
     def _init(self, resume: bool) -> None:
@@ -238,7 +242,7 @@ class Searcher(Run):
         if resume:
             path = os.path.join(out_dir, "checkpoint.pt")
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"--resume: {path} does not exist")
+                raise MissingFileError(f"--resume: {path} does not exist")
             state = read_state(path, "pocketnas.search_state", "pocketnas search checkpoint")
             saved = config_from_dict(SearchConfig, state["config"], f"{path} config")
             saved.precision = resolve_precision(saved.precision, self.env.device, saved.amp)

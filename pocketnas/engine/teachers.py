@@ -6,13 +6,15 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_json
 from ..data.transforms import fit_size
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..models.embedders import Embedder, TorchEmbedder, load_embedder
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,14 @@ class TeacherCache:
 
     ``key`` (see :func:`cache_key`) holds everything that changes an entry: the teacher's content and input
     convention, the data's identity and the image transform. A cache written under another key is started afresh
-    (and the log says which parts differ)."""
+    (and the log says which parts differ).
+
+    A cache never answers with something it did not write: its files must have the length the meta records (a
+    truncated or grown file starts the cache afresh, named in the log), and every entry carries the CRC-32 of the
+    values written; an entry whose values no longer match it (a file cut and zero-filled, bytes altered) is
+    recomputed, counted and logged, never used as a target."""
+
+    FORMAT = 2  # entries with CRC-32 (format 1 had none: such a cache is started afresh)
 
     def __init__(self, folder: str, images: int, dim: int, key: Dict[str, Any], create: bool = True,
                  views: int = 2, shared: bool = False):
@@ -33,8 +42,11 @@ class TeacherCache:
         self.shared = shared
         self.values_path = os.path.join(folder, "embeddings.f32")
         self.steps_path = os.path.join(folder, "written_step.i64")
+        self.sums_path = os.path.join(folder, "entry_crc32.u32")
         meta_path = os.path.join(folder, "cache.json")
-        meta = {"images": images, "views": views, "dim": dim, **key}
+        meta = {"images": images, "views": views, "dim": dim, "format": self.FORMAT, **key}
+        sizes = {self.values_path: images * views * dim * 4, self.steps_path: images * views * 8,
+                 self.sums_path: images * views * 4}
         fresh = True
         if os.path.isfile(meta_path):
             try:
@@ -47,16 +59,25 @@ class TeacherCache:
                 what = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
                 logger.warning("%s: the teacher cache was written for another %s; starting it afresh", folder,
                                ", ".join(what))
+            else:
+                wrong = [f"{os.path.basename(p)} ({os.path.getsize(p) if os.path.exists(p) else 'missing'} bytes, "
+                         f"{n} expected)" for p, n in sizes.items()
+                         if not os.path.isfile(p) or os.path.getsize(p) != n]
+                if wrong:
+                    fresh = True
+                    logger.warning("%s: the teacher cache's files do not have their recorded length (%s); starting "
+                                   "it afresh", folder, ", ".join(wrong))
         if fresh and create:
             np.memmap(self.values_path, np.float32, "w+", shape=(images, views, dim)).flush()
             steps = np.memmap(self.steps_path, np.int64, "w+", shape=(images, views))
             steps[:] = -1
             steps.flush()
-            with open(meta_path, "w", encoding="utf-8") as f:
-                json.dump(meta, f)
+            np.memmap(self.sums_path, np.uint32, "w+", shape=(images, views)).flush()
+            atomic_write_json(meta_path, meta)
         self.values = np.memmap(self.values_path, np.float32, "r+", shape=(images, views, dim))
         self.steps = np.memmap(self.steps_path, np.int64, "r+", shape=(images, views))
-        self.hits = self.misses = 0
+        self.sums = np.memmap(self.sums_path, np.uint32, "r+", shape=(images, views))
+        self.hits = self.misses = self.damaged = 0
 
     def forget_after(self, step: int) -> None:
         """Forget what was written after ``step`` (a resumed run's checkpoint). A cache shared between runs keeps
@@ -69,12 +90,30 @@ class TeacherCache:
             self.steps.flush()
 
     def lookup(self, index: np.ndarray, view: np.ndarray):
+        """(written, values) of the entries; an entry whose values fail its CRC-32 counts as not written."""
         written = self.steps[index, view] >= 0
-        return written, self.values[index, view]
+        values = np.array(self.values[index, view], dtype=np.float32)
+        if written.any():
+            sums = self.sums[index, view]
+            for i in np.flatnonzero(written):
+                if _crc(values[i]) != int(sums[i]):
+                    written[i] = False
+                    self.damaged += 1
+                    if self.damaged <= 3:
+                        logger.warning("%s: the cached teacher embedding of image %d, view %d fails its checksum; "
+                                       "recomputing it%s", self.values_path, int(index[i]), int(view[i]),
+                                       " (further ones are counted, not logged)" if self.damaged == 3 else "")
+        return written, values
 
     def store(self, index: np.ndarray, view: np.ndarray, values: np.ndarray, step: int) -> None:
+        values = np.asarray(values, dtype=np.float32)
         self.values[index, view] = values
+        self.sums[index, view] = [_crc(v) for v in values]
         self.steps[index, view] = step
+
+
+def _crc(row: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(row, dtype=np.float32).tobytes())
 
 
 class FixedTeacher:
@@ -174,17 +213,17 @@ class MultiStepTeacher:
 
     def __init__(self, run_dir: str, epochs: int, device: str = "cpu"):
         if not os.path.isdir(run_dir):
-            raise FileNotFoundError(f"{run_dir}: no such teacher run folder (train it with --save-every-epoch)")
+            raise MissingFileError(f"{run_dir}: no such teacher run folder (train it with --save-every-epoch)")
         self.run_dir, self.device = run_dir, device
         self.paths = [epoch_checkpoint(run_dir, e) for e in range(1, epochs + 1)]
         missing = [p for p in self.paths if not os.path.isfile(p)]
         if missing:
-            raise FileNotFoundError(f"multi-step distillation over {epochs} epochs needs the teacher's checkpoint "
+            raise MissingFileError(f"multi-step distillation over {epochs} epochs needs the teacher's checkpoint "
                                     f"of every epoch; missing {len(missing)}: {', '.join(missing[:5])}"
                                     f"{' ...' if len(missing) > 5 else ''}")
         from ..models.checkpoint import read_checkpoint
 
-        heads = {p: read_checkpoint(p) for p in (self.paths[0], self.paths[-1])}
+        heads = {p: read_checkpoint(p) for p in self.paths}  # each read whole: a truncated one is found now
         shapes = {p: (int(h["embedding_size"]), int(h["input_size"])) for p, h in heads.items()}
         if len(set(shapes.values())) > 1:
             raise InputError("the teacher run's checkpoints disagree on the embedding or input size: "
@@ -210,10 +249,24 @@ class MultiStepTeacher:
 
 def build_fixed_teacher(spec: str, arch: Optional[str] = None, input_norm: Optional[str] = None,
                         device: str = "cpu", threads: Optional[int] = None) -> Embedder:
+    """A fixed teacher, probed once on two images before training: its output must be one finite embedding per
+    image (N x D), of the size it declares; a teacher that answers otherwise (a classifier's logits map, a wrong
+    ONNX output) is refused here, naming the file and the shape, not at the first step."""
     embedder = load_embedder(spec, arch=arch, input_norm=input_norm, device=device, threads=threads)
-    if embedder.embedding_size is None:
-        probe = np.zeros((1, 3, embedder.input_size, embedder.input_size), np.uint8)
-        embedder.embedding_size = int(embedder(probe).shape[1])
+    side = int(embedder.input_size)
+    probe = np.random.default_rng(0).integers(0, 256, (2, 3, side, side), dtype=np.uint8)
+    try:
+        out = np.asarray(embedder(probe))
+    except Exception as e:  # an ONNX graph that rejects its own declared input, and the like
+        raise InputError(f"teacher {spec}: fails on two {side} x {side} face-sized images "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    declared = embedder.embedding_size
+    if out.ndim != 2 or out.shape[0] != 2 or (declared is not None and out.shape[1] != int(declared)):
+        raise InputError(f"teacher {spec}: answers two images with an array of shape {tuple(out.shape)}; a "
+                         f"teacher must give one embedding per image (2 x {declared or 'D'})")
+    if not np.isfinite(out).all():
+        raise InputError(f"teacher {spec}: gives non-finite embeddings (NaN or inf) for ordinary images")
+    embedder.embedding_size = int(out.shape[1])
     return embedder
 
 

@@ -157,7 +157,34 @@ class TrainConfig:
             raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
         if sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"{source}: milestones must be increasing, got {self.milestones}")
+        if self.seed < 0:
+            raise ConfigError(f"{source}: seed must be >= 0 (numpy's generators take no negative seed), got "
+                              f"{self.seed}")
         self._check_model(source)
+
+    def check_inputs(self, source: str = "config") -> None:
+        """Every file the run will read exists, and a fixed teacher is trained: checked when a run starts, before
+        its run folder is touched (a recipe alone may name a teacher the command line replaces)."""
+        from ..errors import MissingFileError
+        from ..models.factory import require_trained
+
+        multistep = self.kd_plan(source)[1]
+        for key in ("data", "init_backbone"):
+            path = getattr(self, key) or ""
+            if path and not os.path.exists(path):
+                raise MissingFileError(f"{source}: {key} {path}: no such file or folder")
+        if self.init_head not in (None, "", "imprint") and not os.path.isfile(self.init_head):
+            raise MissingFileError(f"{source}: init_head {self.init_head}: no such file (a training checkpoint.pt, "
+                                   f"or 'imprint')")
+        for path in self.val_bins:
+            if not os.path.isfile(path):
+                raise MissingFileError(f"{source}: val_bins: {path}: no such .bin file")
+        if self.teacher and not multistep:
+            from ..models import is_model
+
+            if not (os.path.exists(self.teacher) or is_model(self.teacher)):
+                raise MissingFileError(f"{source}: teacher {self.teacher}: neither a file nor a registered model")
+            require_trained(self.teacher, None, "its distillation targets")
 
     def _check_model(self, source: str) -> None:
         """Build the network on the meta device (no memory, no time): a bad model_kwargs, genotype or size is an

@@ -26,7 +26,7 @@ from ..losses.distill import DISTILL_LOSSES
 from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
 from ..metrics.verification import verification_record
-from ..errors import DivergedError
+from ..errors import DivergedError, MissingFileError
 from ..models.checkpoint import atomic_torch_save, check_finite_state, read_state, save
 from ..models.embedders import TorchEmbedder, model_embedder
 from ..models import create_model
@@ -147,6 +147,7 @@ class Trainer(Run):
     def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
                  overwrite: bool = False):
         self._given_backbone = backbone
+        cfg.check_inputs()  # a missing file or an untrained teacher, before the run folder is touched
         self._start(cfg, out_dir, resume, overwrite)
 
     def _init(self, resume: bool) -> None:
@@ -156,7 +157,7 @@ class Trainer(Run):
         ckpt_path = os.path.join(out_dir, "checkpoint.pt")
         if resume:
             if not os.path.isfile(ckpt_path):
-                raise FileNotFoundError(f"--resume: {ckpt_path} does not exist")
+                raise MissingFileError(f"--resume: {ckpt_path} does not exist")
             self.resume_state = read_state(ckpt_path, "pocketnas.train_state", "pocketnas training checkpoint")
             saved = config_from_dict(TrainConfig, self.resume_state["config"], f"{ckpt_path} config")
             changed = {f.name for f in dataclasses.fields(TrainConfig)
@@ -221,7 +222,7 @@ class Trainer(Run):
 
         for path in self.cfg.val_bins:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"val_bins: {path}: no such .bin file")
+                raise MissingFileError(f"val_bins: {path}: no such .bin file")
             read_bin_raw(path)
 
     def _open_teacher(self, multistep: bool) -> int:
@@ -596,7 +597,8 @@ class Trainer(Run):
                 self.epoch, self.batch_in_epoch = finished, 0
                 if self.teacher is not None and getattr(self.teacher, "cache", None) is not None:
                     c = self.teacher.cache
-                    logger.info("teacher cache: %d hits, %d computed so far", c.hits, c.misses)
+                    logger.info("teacher cache: %d hits, %d computed so far%s", c.hits, c.misses,
+                                f", {c.damaged} damaged entries recomputed" if c.damaged else "")
                 logger.info("epoch %d/%d: %s (%.1f min so far)", finished, cfg.epochs,
                             ", ".join(f"{k} {v:.4f}" for k, v in means.items()), (time.perf_counter() - start) / 60)
                 history["epochs"].append({"epoch": finished, **means})

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.align import align_face
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..metrics.biometric import summarize_scores
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class IJBProtocol:
 
 def _read_table(path: str, columns: int) -> np.ndarray:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: IJB protocol file missing")
+        raise MissingFileError(f"{path}: IJB protocol file missing")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):

@@ -18,13 +18,12 @@ def recorded_threshold(spec: str, pretrained: Any = None) -> Optional[Tuple[floa
     ``meta["verification"]`` (written by training with ``val_bins`` and by ``pocketnas eval verify
     --record-threshold``), or a registered variant's shipped weights; None where nothing is recorded."""
     from ..models import is_model, model_cfg
-    from ..models.checkpoint import CheckpointError, read_checkpoint
+    from ..models.checkpoint import _torch_load, is_pocketnas_checkpoint, read_checkpoint
 
     if os.path.isfile(spec) and not spec.endswith(".onnx"):
-        try:
-            meta = read_checkpoint(spec).get("meta", {})
-        except CheckpointError:  # a bare state dict records nothing
+        if not is_pocketnas_checkpoint(_torch_load(spec)):  # a bare state dict records nothing
             return None
+        meta = read_checkpoint(spec).get("meta", {})  # a damaged header or threshold is an error, not "none"
         v = meta.get("verification")
         if v and "cosine_threshold" in v:
             return float(v["cosine_threshold"]), (f"recorded in {os.path.basename(spec)}: {v['set']}, "
@@ -37,10 +36,22 @@ def recorded_threshold(spec: str, pretrained: Any = None) -> Optional[Tuple[floa
     return None
 
 
+MIN_ALIGNED_SIDE = 32
+
+
 def face_of(path: str, size: int, aligned: bool = False) -> Tuple[np.ndarray, int]:
-    """(3 x size x size uint8 aligned face, faces found) of a photo; ``aligned`` photos are only resized."""
+    """(3 x size x size uint8 aligned face, faces found) of a photo; ``aligned`` photos are only resized, after a
+    check that they can be a face crop at all (at least :data:`MIN_ALIGNED_SIDE` pixels a side, not one flat
+    colour): a blank or 1 x 1 image would otherwise be embedded and judged like a face."""
     image = read_photo(path)
     if aligned:
+        h, w = image.shape[:2]
+        if min(h, w) < MIN_ALIGNED_SIDE:
+            raise InputError(f"{path}: {w} x {h} pixels is too small for an aligned face crop (at least "
+                             f"{MIN_ALIGNED_SIDE} a side; pocketnas align makes {size} x {size})")
+        if float(image.std()) < 2.0:
+            raise InputError(f"{path}: one flat colour (pixel standard deviation {float(image.std()):.2f}): not a "
+                             f"face crop")
         import torch
 
         chw = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]

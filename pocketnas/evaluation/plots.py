@@ -1,7 +1,6 @@
 """Pictures of evaluation results: ROC and DET curves, and the accuracy-versus-cost trade-off."""
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -17,9 +16,10 @@ def _plt():
 
 
 def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    from ..atomic import atomic_savefig
+
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     _plt().close(fig)
     return path
 

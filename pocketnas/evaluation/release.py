@@ -16,9 +16,10 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
+from ..outputs import staged_file
 from ..metrics.verification import cosine_threshold, verification_record
-from ..models.checkpoint import file_digest, read_checkpoint, save
+from ..models.checkpoint import check_finite_state, file_digest, read_checkpoint, save
 from ..models.embedders import model_embedder
 from ..models.factory import load
 from .run import verification_report
@@ -67,22 +68,26 @@ def release_weights(model_path: str, out_path: str, bins: Sequence[str], fp16: b
         if not os.path.isfile(b):
             raise InputError(f"{b}: no such .bin file")
     record = read_checkpoint(model_path)  # a damaged or foreign file stops here, before any evaluation
+    if os.path.exists(out_path) and os.path.samefile(model_path, out_path):
+        raise OutputError(f"{out_path}: is the checkpoint being released; write the release elsewhere")
     model = load(model_path)
+    check_finite_state(model.state_dict(), f"releasing {model_path}")  # before any evaluation or file
     keep = {k: v for k, v in record.get("meta", {}).items() if k in ("epoch", "step", "recipe", "training")}
     why = None
-    if fp16:
-        save(model, out_path, {**keep, **(meta or {})}, storage_dtype=torch.float16)
-        full = _evaluate(model_path, bins, batch_size, progress)
-        half = _evaluate(out_path, bins, batch_size, progress)
-        why = same_verification(full, half)
-        results, storage = (half, "float16") if why is None else (full, "float32")
-        if why is not None:
-            logger.warning("float16 changes verification (%s): writing float32", why)
-    else:
-        results, storage = _evaluate(model_path, bins, batch_size, progress), "float32"
-    first = next(iter(results))
-    own_meta = {**keep, **(meta or {}), "verification": results[first]["record"]}
-    save(model, out_path, own_meta, storage_dtype=torch.float16 if storage == "float16" else None)
+    with staged_file(out_path) as staged:  # out_path is replaced only by the finished, checked file
+        if fp16:
+            save(model, staged, {**keep, **(meta or {})}, storage_dtype=torch.float16)
+            full = _evaluate(model_path, bins, batch_size, progress)
+            half = _evaluate(staged, bins, batch_size, progress)
+            why = same_verification(full, half)
+            results, storage = (half, "float16") if why is None else (full, "float32")
+            if why is not None:
+                logger.warning("float16 changes verification (%s): writing float32", why)
+        else:
+            results, storage = _evaluate(model_path, bins, batch_size, progress), "float32"
+        first = next(iter(results))
+        own_meta = {**keep, **(meta or {}), "verification": results[first]["record"]}
+        save(model, staged, own_meta, storage_dtype=torch.float16 if storage == "float16" else None)
     for r in results.values():
         r.pop("record")
     first_r = results[first]

@@ -1,7 +1,6 @@
 """Evaluation runs behind ``pocketnas eval``: verification on .bin sets, on a folder's pairs, IJB, cost, compare."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -11,6 +10,7 @@ import numpy as np
 
 from ..engine.validation import verify_bins  # noqa: F401  (part of this module's interface)
 from ..errors import InputError
+from ..jsonfile import read_json_object, require
 from ..models.embedders import Embedder, OnnxEmbedder, TorchEmbedder, embed_images
 from ..metrics.biometric import roc_curve, tar_at_far
 from ..metrics.verification import evaluate_pairs, pair_distances
@@ -147,9 +147,9 @@ def write_json(path: str, data: Dict[str, Any]) -> None:
             return o.item()
         raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=default)
+    from ..atomic import atomic_write_json
+
+    atomic_write_json(path, data, sort_keys=False, default=default)
 
 
 def compare_results(paths: Sequence[str], out_png: str, data_set: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -158,17 +158,18 @@ def compare_results(paths: Sequence[str], out_png: str, data_set: Optional[str] 
 
     points = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json_object(path, "pocketnas eval --json result")
         meta = data.get(META_KEY, {})
-        cost = meta.get("cost") or {}
+        cost = (meta.get("cost") if isinstance(meta, dict) else None) or {}
         sets = [k for k in data if k != META_KEY]
         stem = data_set or (sets[0] if sets else None)
         if stem not in data:
             raise InputError(f"{path}: no results for set {stem!r} (has: {', '.join(sets)})")
-        if not cost.get("params") or not cost.get("mflops"):
+        require(data[stem], ["accuracy_mean"], f"{path}: {stem}", [float])
+        if not isinstance(cost, dict) or not isinstance(cost.get("params"), (int, float)) \
+                or not isinstance(cost.get("mflops"), (int, float)) or not cost["params"] or not cost["mflops"]:
             raise InputError(f"{path}: no cost report (parameters and MFLOPs) in {META_KEY}; run eval verify with "
-                             f"its cost report on")
+                             f"--cost")
         points.append({"name": meta.get("model", os.path.basename(path)), "params": cost["params"],
                        "mflops": cost["mflops"], "accuracy": data[stem]["accuracy_mean"], "set": stem,
                        "path": path})

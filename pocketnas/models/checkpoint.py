@@ -94,8 +94,15 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
 def atomic_torch_save(obj: Any, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file (the
     temporary is a ``.tmp-*.pt``, which a run folder's next claim removes)."""
-    with atomic_writer(path, suffix=".pt") as f:
-        torch.save(obj, f)
+    try:
+        with atomic_writer(path, suffix=".pt") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:  # torch's writer reports a full or failing disk as "PytorchStreamWriter failed ..."
+        if "PytorchStreamWriter" in str(e) or "write" in str(e).lower():
+            from ..errors import OutputError
+
+            raise OutputError(f"{path}: cannot be written ({_first_line(e)}): is the disk full?") from None
+        raise
 
 
 def plain_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -171,6 +178,11 @@ def _torch_load(path: str) -> Any:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes): an interrupted copy or download?")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if _looks_like_onnx(head):
+        raise CheckpointError(f"{path}: an ONNX model, not a PyTorch file; give it a .onnx name (pocketnas reads "
+                              f"ONNX models by their extension)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -183,6 +195,14 @@ def _torch_load(path: str) -> Any:
     except Exception as e:  # a truncated zip, a foreign file: torch raises several types
         raise CheckpointError(f"{path}: not a readable PyTorch weights file; truncated, or another format "
                               f"({_first_line(e)})") from None
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto starts with its ir_version (field 1 as a varint: 0x08, then a small number) followed by
+    another of its fields (producer, domain, doc string, graph, opsets, metadata); PyTorch files start as a zip
+    (``PK``) or a pickle (0x80)."""
+    return len(head) > 3 and head[0] == 0x08 and 1 <= head[1] <= 15 and \
+        head[2] in (0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A)
 
 
 def _first_line(e: BaseException) -> str:
@@ -226,6 +246,7 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     obj = _torch_load(path)
     if not is_pocketnas_checkpoint(obj):
         raise CheckpointError(f"{path}: not a pocketnas checkpoint (no architecture recorded)")
+    check_header(obj, path)
     if obj.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {obj['format_version']} is newer than this pocketnas "
                               f"reads ({FORMAT_VERSION}); upgrade pocketnas")
@@ -239,6 +260,33 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
                               f"{str(obj['weights_sha256'])[:16]}...: the file is damaged")
     obj["state_dict"] = state
     return obj
+
+
+# the header's fields and their types: a wrong type is a damaged or forged file, refused with its name
+_HEADER_TYPES = {"arch": str, "kwargs": dict, "weights_sha256": str, "format_version": int, "meta": dict,
+                 "embedding_size": int, "input_size": int, "input_norm": str, "genotype": (dict, type(None))}
+INPUT_NORMS = ("arcface", "raw255")
+
+
+def check_header(obj: Dict[str, Any], path: str) -> None:
+    """Types of a checkpoint's header fields and the values its ``meta`` records (a decision threshold must be a
+    finite cosine in [-1, 1]; sizes positive; the input normalisation one pocketnas knows)."""
+    for key, tp in _HEADER_TYPES.items():
+        if key in obj and (not isinstance(obj[key], tp) or isinstance(obj[key], bool)):
+            raise CheckpointError(f"{path}: header field {key!r} is a {type(obj[key]).__name__}, not "
+                                  f"{getattr(tp, '__name__', 'a dict')}: the file is damaged or not pocketnas's")
+    for key in ("embedding_size", "input_size"):
+        if key in obj and obj[key] < 1:
+            raise CheckpointError(f"{path}: header field {key!r} is {obj[key]}; must be positive")
+    if "input_norm" in obj and obj["input_norm"] not in INPUT_NORMS:
+        raise CheckpointError(f"{path}: input_norm {obj['input_norm']!r} is none of {', '.join(INPUT_NORMS)}")
+    verification = obj.get("meta", {}).get("verification")
+    if verification is not None:
+        value = verification.get("cosine_threshold") if isinstance(verification, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1.0 <= float(value) <= 1.0:
+            raise CheckpointError(f"{path}: the recorded verification threshold {value!r} is not a cosine in "
+                                  f"[-1, 1]; record a measured one (pocketnas eval verify --model {path} --bin "
+                                  f"SET.bin --record-threshold) or pass --threshold")
 
 
 def read_weights(path: Any, expect_arch: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:

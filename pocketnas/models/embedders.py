@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import check_norm, normalize
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..metrics.verification import check_finite
 
 logger = logging.getLogger(__name__)
@@ -194,9 +194,13 @@ class OnnxEmbedder(Embedder):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = inp.shape
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+            raise InputError(f"{path}: its input is {list(shape)}; a face embedder takes N x 3 x H x W images")
         self.input_size = shape[-1] if isinstance(shape[-1], int) else 112
         out = self.session.get_outputs()[0].shape
-        self.embedding_size = out[-1] if isinstance(out[-1], int) else None
+        if out and len(out) != 2:  # an undeclared shape (None, or no rank) is probed by those that need to know
+            raise InputError(f"{path}: its output is {list(out)}; a face embedder gives N x D embeddings")
+        self.embedding_size = out[-1] if out and isinstance(out[-1], int) else None
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         if self.fixed_batch not in (None, 1):
             raise InputError(f"{path}: its input has a fixed batch of {self.fixed_batch}; pocketnas runs models "
@@ -220,7 +224,7 @@ def load_embedder(spec: str, arch: Optional[str] = None, pretrained: Optional[st
 
     if str(spec).endswith(".onnx"):
         if not os.path.isfile(spec):
-            raise FileNotFoundError(f"{spec}: no such ONNX model")
+            raise MissingFileError(f"{spec}: no such ONNX model")
         return OnnxEmbedder(spec, input_norm, threads)
     name = os.path.basename(spec) if os.path.exists(spec) else spec
     model = load_model(spec, arch, pretrained)

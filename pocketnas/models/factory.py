@@ -13,6 +13,7 @@ from . import checkpoint as ckpt
 from .checkpoint import (CheckpointError, _plain_state_dict, _torch_load, file_digest, is_pocketnas_checkpoint,
                          read_checkpoint, state_dict_mismatch)
 from .registry import _CFGS, _MODELS, is_model, list_models, model_cfg
+from ..errors import MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,20 @@ def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
     return create_model(arch, pretrained=path, **overrides).eval()
 
 
+def require_trained(spec: str, pretrained: Optional[str], role: str) -> None:
+    """Refuse a registry name that would come with random weights (none ship, none given) where trained weights
+    are what the job needs (``role``: "its verdict", "distilling from it"): the result would look like one and mean
+    nothing. Files and names with shipped weights pass."""
+    from ..errors import InputError
+
+    if os.path.exists(spec) or not is_model(spec) or pretrained or model_cfg(spec).pretrained is not None:
+        return
+    shipped = [n for n in list_models() if model_cfg(n).pretrained is not None]
+    raise InputError(f"{spec}: no weights ship for it, so {role} would come from random weights; give a trained "
+                     f"model: a checkpoint (pocketnas train writes model.pt), an .onnx file, --pretrained FILE, or "
+                     f"a variant with shipped weights ({', '.join(shipped) or 'none'})")
+
+
 def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] = None) -> nn.Module:
     """A model from a file (pocketnas checkpoint, or a bare state dict with ``arch``) or a registry name, in eval
     mode. A registry name loads ``pretrained`` weights when given, else the weights shipped with the package when
@@ -91,7 +106,7 @@ def load_model(spec: str, arch: Optional[str] = None, pretrained: Optional[str] 
         if not pretrained:
             logger.warning("%s: no weights given and none ship with the package: random initial weights", spec)
         return create_model(spec, pretrained=pretrained).eval()
-    raise FileNotFoundError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
+    raise MissingFileError(f"{spec}: neither a file nor a registered model (see `pocketnas models`)")
 
 
 def registered_weights_path(name: str, cfg: Any) -> str:

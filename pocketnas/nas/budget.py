@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,22 @@ class CostModel:
                     total += float(self.table[c, start + src, ops.index(op)])
                 start += 2 + i
         return total
+
+    def bounds(self, nodes: int, inputs_per_node: int) -> Tuple[float, float]:
+        """An outer bound (low, high) of the cost of any genotype with ``nodes`` nodes of ``inputs_per_node``
+        inputs: each node's cheapest (dearest) inputs with their cheapest (dearest) operation, cell by cell. A
+        budget outside it is unreachable, which is said at once instead of after minutes of drawing."""
+        ops = [i for i in range(self.table.shape[-1]) if i != self.none_index]
+        low = high = self.fixed
+        for c in range(len(self.reduction)):
+            start = 0
+            for i in range(nodes):
+                k = min(inputs_per_node, 2 + i)
+                edges = self.table[c, start:start + 2 + i][:, ops]
+                low += float(edges.min(-1).values.sort().values[:k].sum())
+                high += float(edges.max(-1).values.sort(descending=True).values[:k].sum())
+                start += 2 + i
+        return low, high
 
     def loss(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, target: float,
              weight: float) -> torch.Tensor:

@@ -48,6 +48,7 @@ def draw_cell(genotype: Genotype, which: str, path: str, title: Optional[str] = 
                 bbox=dict(boxstyle="round,pad=0.45", fc=face, ec="black", lw=1))
 
     legend_ops: List[str] = []
+    placed: List[tuple] = list(pos.values()) + [out_xy]  # what a label must keep clear of: nodes, other labels
     for i, edges in enumerate(cell):
         for j, (op, src) in enumerate(edges):
             a, b = pos[src], pos[2 + i]
@@ -56,13 +57,21 @@ def draw_cell(genotype: Genotype, which: str, path: str, title: Optional[str] = 
             ax.add_patch(FancyArrowPatch(a, b, connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
                                          mutation_scale=14, lw=1.6, color=colour, shrinkA=16, shrinkB=16,
                                          zorder=1))
-            # a point of matplotlib's arc3 quadratic Bezier (control point offset by rad x the chord's normal);
-            # the two edges of a node are labelled at different fractions so their labels do not collide
+            # a point of matplotlib's arc3 quadratic Bezier (control point offset by rad x the chord's normal),
+            # chosen along the curve as the one farthest from the nodes and the labels already placed (a label is
+            # about five times wider than tall, so horizontal distance counts less)
             cx = (a[0] + b[0]) / 2 + rad * (b[1] - a[1])
             cy = (a[1] + b[1]) / 2 - rad * (b[0] - a[0])
-            t = 0.38 if j % 2 == 0 else 0.62
-            mx = (1 - t) ** 2 * a[0] + 2 * t * (1 - t) * cx + t ** 2 * b[0]
-            my = (1 - t) ** 2 * a[1] + 2 * t * (1 - t) * cy + t ** 2 * b[1]
+
+            def at(t: float) -> tuple:
+                return ((1 - t) ** 2 * a[0] + 2 * t * (1 - t) * cx + t ** 2 * b[0],
+                        (1 - t) ** 2 * a[1] + 2 * t * (1 - t) * cy + t ** 2 * b[1])
+
+            def clearance(p: tuple) -> float:
+                return min(((p[0] - q[0]) / 1.1) ** 2 + ((p[1] - q[1]) / 0.28) ** 2 for q in placed)
+
+            mx, my = max((at(t) for t in (0.5, 0.42, 0.58, 0.34, 0.66, 0.27, 0.73)), key=clearance)
+            placed.append((mx, my))
             ax.text(mx, my, op, fontsize=7.5, ha="center", va="center", color=colour, zorder=2,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
             if op not in legend_ops:
@@ -77,9 +86,9 @@ def draw_cell(genotype: Genotype, which: str, path: str, title: Optional[str] = 
     ax.set_ylim(-2.4, 2.4)
     ax.set_title(title or f"{which} cell", fontsize=12)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path)
+    from ..atomic import atomic_savefig
+
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path
 

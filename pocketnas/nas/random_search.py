@@ -70,6 +70,13 @@ def sample_genotypes(space: SearchSpace, count: int, seed: int = 0, budget: Opti
     when ``max_draws`` draws do not find enough (a window the space cannot reach)."""
     rng = np.random.default_rng(seed)
     model = budget.cost_model(space) if budget else None
+    if model is not None:
+        low, high = model.bounds(space.nodes, space.inputs_per_node)
+        if budget.target * (1 + budget.tolerance) < low or budget.target * (1 - budget.tolerance) > high:
+            raise InputError(f"{budget.metric} {budget.target:,.0f} +- {100 * budget.tolerance:.0f} % is out of "
+                             f"reach: every genotype of {space.name} at {budget.channels} channels x "
+                             f"{budget.layers} layers costs between {low:,.0f} and {high:,.0f}; change the budget "
+                             f"or channels/layers")
     found: List[Tuple[Genotype, Optional[float]]] = []
     seen = set()
     draws = 0

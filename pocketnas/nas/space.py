@@ -10,13 +10,14 @@ from typing import Any, Dict, List, Tuple
 import yaml
 
 from ..layers import ACTIVATIONS, OPS
+from ..errors import InputError, MissingFileError
 
 REDUCTION_RULES = ("pocketnet",)
 TAILS = ("mobilefacenet",)
 KEYS = ("name", "operations", "activation", "nodes", "inputs_per_node", "reductions", "tail", "defaults")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(InputError):
     """A search-space file that is malformed or names unknown operations."""
 
 
@@ -55,7 +56,7 @@ def resolve_space(spec: str) -> str:
         candidate = os.path.join(folder, f"{spec}.yaml")
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(f"{spec}: no such search-space file, and no built-in space of that name "
+    raise MissingFileError(f"{spec}: no such search-space file, and no built-in space of that name "
                             f"(built in: pocketnet, darts)")
 
 

@@ -8,9 +8,15 @@ import os
 import sys
 from typing import List, Optional
 
-from .compress import METHODS as PRUNE_METHODS
-from .engine.precision import PRECISIONS
-from .errors import InputError
+from ..atomic import atomic_save_image, atomic_write, atomic_write_json
+from ..compress import METHODS as PRUNE_METHODS
+from ..engine.precision import PRECISIONS
+from ..errors import InputError
+from ..version import __version__
+from ..outputs import WRITE_ERRNOS, Output, write_failure
+from .argtypes import (compression_rate, cosine, fraction, image_side, jpeg_quality, nonnegative_int,
+                       opset, positive_int, size_or_keep)
+from .io import CommandIO, check_command_io, declare
 
 logger = logging.getLogger("pocketnas")
 
@@ -18,8 +24,8 @@ logger = logging.getLogger("pocketnas")
 def _cmd_models(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluation.cost import count_parameters
-    from .models import create_model, list_models, model_cfg
+    from ..evaluation.cost import count_parameters
+    from ..models import create_model, list_models, model_cfg
 
     rows = [("name", "family", "emb", "params", "pretrained", "description")]
     for name in list_models(args.pattern):
@@ -39,9 +45,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .evaluation.cost import cost_report, format_cost_table
-    from .models import load_model
-    from .nas.cell_diagram import draw_genotype
+    from ..evaluation.cost import cost_report, format_cost_table
+    from ..models import load_model
+    from ..nas.cell_diagram import draw_genotype
 
     model = load_model(args.model, args.arch)
     name = getattr(model, "pocketnas_arch", args.model)
@@ -51,22 +57,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     genotype = getattr(model, "genotype", None)
     if genotype is not None:
         out = args.out or os.path.join("pocketnas_info", name)
+        if not args.out:  # the default folder is known only now: the same rule as a named one
+            from ..outputs import check_outputs
+
+            check_outputs([Output(out, "--out (default)", CELL_PNGS)], [], overwrite=args.overwrite)
         result["cells"] = draw_genotype(genotype, out, "", name)
         print(f"genotype: {genotype}")
         print(f"cell diagrams: {', '.join(result['cells'])}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(args.json, result, sort_keys=False)
     return 0
 
 
 def _cmd_genotype(args: argparse.Namespace) -> int:
-    from .nas.cell_diagram import draw_genotype
-    from .genotype import get_genotype
+    from ..nas.cell_diagram import draw_genotype
+    from ..genotype import get_genotype
 
     genotype = get_genotype(args.spec).validate()
     if args.compare:
-        from .genotype import genotype_agreement
+        from ..genotype import genotype_agreement
 
         other = get_genotype(args.compare).validate()
         agreement = genotype_agreement(genotype, other)
@@ -74,13 +83,11 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
         for cell, r in agreement.items():
             print(f"{cell:<8}{r['edges']:>12.0%}{r['inputs']:>13.0%}{r['ops']:>10.0%}")
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(agreement, f, indent=2)
+            atomic_write_json(args.json, agreement, sort_keys=False)
         return 0
     print(genotype.to_json() if args.format == "json" else genotype.to_legacy())
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(genotype.to_json() + "\n")
+        atomic_write(args.json, genotype.to_json() + "\n")
     if args.draw:
         for p in draw_genotype(genotype, args.draw):
             print(f"wrote {p}")
@@ -88,7 +95,7 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     import torch
 
@@ -100,40 +107,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "pack":
-        from .data.pack import pack_folder
+        from ..data.pack import pack_folder
 
         paths = pack_folder(args.folder, args.out_dir, size=args.size or None, quality=args.quality,
                             workers=args.workers)
         print("\n".join(f"wrote {p}" for p in paths.values()))
     elif args.data_command == "subset":
-        from .data.pack import subset_pack
+        from ..data.pack import subset_pack
 
         paths = subset_pack(args.pack, args.out_dir, args.identities, args.seed)
         print("\n".join(f"wrote {p}" for p in paths.values()))
     elif args.data_command == "pairs":
-        from .data.pack import pairs_from_folder
+        from ..data.pack import pairs_from_folder
 
         info = pairs_from_folder(args.folder, args.out, args.pairs, folds=args.folds, seed=args.seed,
                                  size=args.size or None, workers=args.workers)
         print(f"wrote {info['path']}: {info['pairs']} pairs ({info['genuine']} genuine) in {info['folds']} folds"
               f"{', person-disjoint' if info['person_disjoint_folds'] else ''}")
     else:
-        from .data.inspect import inspect_path
+        from ..data.inspect import inspect_path
 
         info = inspect_path(args.path, args.out, samples=args.samples)
         print("\n".join(info["summary"]))
         print(f"contact sheet: {info['contact_sheet']}")
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(info, f, indent=2)
+            atomic_write_json(args.json, info, sort_keys=False)
     return 0
 
 
 def _cmd_baseline_search(args: argparse.Namespace, cfg) -> int:
-    from .engine.nas_eval import random_search, zero_cost_search
-    from .nas.budget import parse_amount
-    from .nas.random_search import Budget
-    from .nas.space import load_space
+    from ..engine.nas_eval import random_search, zero_cost_search
+    from ..nas.budget import parse_amount
+    from ..nas.random_search import Budget
+    from ..nas.space import load_space
 
     space = load_space(cfg.space)
     budget = None
@@ -162,7 +168,7 @@ def _cmd_baseline_search(args: argparse.Namespace, cfg) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .engine.search import search, search_config
+    from ..engine.search import search, search_config
 
     extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops,
              "skip_bad": True if args.skip_bad else None, "precision": args.precision}
@@ -183,7 +189,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_nas_eval(args: argparse.Namespace) -> int:
-    from .engine.nas_eval import format_table, load_entries, nas_eval, parse_shard
+    from ..engine.nas_eval import format_table, load_entries, nas_eval, parse_shard
 
     shard = parse_shard(args.shard)
     overrides = (args.set or []) + ([f"precision={args.precision}"] if args.precision else [])
@@ -199,8 +205,8 @@ def _cmd_nas_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine.train_config import load_train_config
-    from .engine.trainer import train
+    from ..engine.train_config import load_train_config
+    from ..engine.trainer import train
 
     extra = {"data": args.data, "genotype": args.genotype, "teacher": args.teacher, "kd": args.kd,
              "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm,
@@ -220,7 +226,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_teacher_bank(args: argparse.Namespace) -> int:
-    from .engine.teacher_bank import build_teacher_bank
+    from ..engine.teacher_bank import build_teacher_bank
 
     manifest = build_teacher_bank(args.out, args.data, args.teacher, args.views, args.view_seed, args.teacher_arch,
                                   args.teacher_input_norm, args.view_size, args.workers, args.threads,
@@ -234,8 +240,8 @@ def _cmd_teacher_bank(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from .compress import run as crun
-    from .models import load_model
+    from ..compress import run as crun
+    from ..models import load_model
 
     model = load_model(args.model, args.arch, args.pretrained)
     recipe = crun.checkpoint_recipe(args.model) if args.finetune_epochs else None
@@ -268,8 +274,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .compress import run as crun
-    from .models import load_model
+    from ..compress import run as crun
+    from ..models import load_model
 
     model = load_model(args.model, args.arch, args.pretrained)
     r = crun.export_model(model, args.format, args.out, args.calib, args.bin, args.int8_mode, args.opset)
@@ -286,15 +292,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for k, v in r.get("verification", {}).items():
         print(f"  {v['set']} accuracy, {k}: {100 * v['accuracy_mean']:.2f} % +- {100 * v['accuracy_std']:.2f}")
     if args.json:
-        from .evaluation.run import write_json
+        from ..evaluation.run import write_json
 
         write_json(args.json, r)
     return 0
 
 
 def _embedder(args: argparse.Namespace):
-    from .config import check_device, resolve_device
-    from .models.embedders import load_embedder
+    from ..config import check_device, resolve_device
+    from ..models.embedders import load_embedder
 
     device = getattr(args, "device", "cpu")
     check_device(device, "--device")  # before the model is read: a CUDA device this machine lacks is refused
@@ -304,7 +310,7 @@ def _embedder(args: argparse.Namespace):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import run
+    from ..evaluation import run
 
     if args.eval_command is None:
         if not args.config:
@@ -332,7 +338,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             "engine": embedder.engine, "device": str(getattr(embedder, "device", "cpu"))}
     if args.eval_command == "cost":
         cost = run.model_cost(embedder, threads=args.threads)
-        from .evaluation.cost import CostReport, format_cost_table
+        from ..evaluation.cost import CostReport, format_cost_table
 
         fields = {k: v for k, v in cost.items() if k in CostReport.__dataclass_fields__}
         print(format_cost_table([CostReport(**{"input_size": embedder.input_size, **fields})]))
@@ -341,7 +347,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if args.eval_command == "verify":
         if args.record_threshold:  # checked before the work: it must be a pocketnas checkpoint
-            from .models.checkpoint import read_checkpoint
+            from ..models.checkpoint import read_checkpoint
 
             read_checkpoint(args.model)
         results = run.verify_bins(embedder, args.bin, flip=not args.no_flip, batch_size=args.batch_size)
@@ -366,7 +372,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{args.target}: {r['templates']} templates, {r['pairs']} pairs; AUC {r['auc']:.4f}, "
               f"EER {100 * r['eer']:.2f} %")
         print("TAR at FAR: " + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in r["tar_at_far"].items()))
-    meta = run.finish_report(embedder, results, curves, meta, cost=not args.no_cost, latency=not args.no_latency,
+    meta = run.finish_report(embedder, results, curves, meta, cost=args.cost and not args.no_cost,
+                             latency=not args.no_latency,
                              threads=args.threads, plots=args.plots, json_path=args.json)
     if meta.get("plots"):
         print(f"plots: {', '.join(meta['plots'])}")
@@ -375,19 +382,42 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+CELL_PNGS = ("normal.png", "reduce.png")
+PACK_FILES = ("train.rec", "train.idx", "property", "identities.txt")
+
+
+def _plots_output(args: argparse.Namespace) -> List[Output]:
+    """An evaluation's ROC and DET pictures: --plots, or a folder beside --json."""
+    folder = args.plots or (os.path.splitext(args.json)[0] + "_plots" if args.json else None)
+    return [Output(folder, "--plots", ("roc.png", "det.png"))] if folder else []
+
+
+def _int8_sibling(args: argparse.Namespace) -> List[Output]:
+    """``export --format onnx-int8`` also keeps the float32 model beside the int8 one."""
+    if args.format != "onnx-int8":
+        return []
+    return [Output(os.path.splitext(args.out)[0] + ".fp32.onnx", "--out (its float32 sibling)")]
+
+
+def _contact_sheet_default(args: argparse.Namespace) -> List[Output]:
+    if args.out:
+        return []
+    return [Output(f"{os.path.basename(os.path.normpath(args.path))}_contact.png", "--out (default)")]
+
+
 MODEL_HELP = "registry name, pocketnas checkpoint, backbone.pth (with --arch) or .onnx file"
 
 
 def _eval_config_names():
-    from .config import packaged_yaml_names
+    from ..config import packaged_yaml_names
 
     return packaged_yaml_names("eval")
 
 
 def _cmd_eval_config(args: argparse.Namespace) -> int:
-    from .evaluation import run
-    from .evaluation.config import load_eval_config, run_eval_config
-    from .models.embedders import load_embedder
+    from ..evaluation import run
+    from ..evaluation.config import load_eval_config, run_eval_config
+    from ..models.embedders import load_embedder
 
     if not args.config_model:
         raise InputError("pocketnas eval --config needs --model")
@@ -413,14 +443,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="architecture of a bare backbone.pth")
     p.add_argument("--input-norm", choices=["arcface", "raw255"],
                    help="input normalisation of an ONNX model without pocketnas metadata")
-    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--threads", type=positive_int, default=max(1, os.cpu_count() or 1),
+                   help="CPU threads (default: the CPU count)")
     p.add_argument("--device", default="auto", help="where a PyTorch model embeds: auto (the first CUDA device when "
                    "there is one, else the CPU), cpu, cuda, cuda:N")
 
 
 def _cmd_release(args: argparse.Namespace) -> int:
-    from .evaluation.release import release_weights
-    from .evaluation.run import write_json
+    from ..evaluation.release import release_weights
+    from ..evaluation.run import write_json
 
     r = release_weights(args.model, args.out, args.bin, fp16=not args.fp32)
     for name, v in r["results"].items():
@@ -437,7 +468,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    from .detection import align_folder
+    from ..detection import align_folder
 
     r = align_folder(args.photos, args.out, size=args.size, min_face=args.min_face, overwrite=args.overwrite)
     print(f"aligned {r['aligned']} of {r['photos']} photos into {args.out} ({len(r['no_face'])} without a face, "
@@ -446,25 +477,16 @@ def _cmd_align(args: argparse.Namespace) -> int:
         print(f"  no face: {rel}")
     if len(r["no_face"]) > 20:
         print(f"  ... and {len(r['no_face']) - 20} more (align_report.json lists them all)")
+    for rel in r["several_faces_photos"][:20]:
+        print(f"  several faces (the most confident kept): {rel}")
+    if len(r["several_faces_photos"]) > 20:
+        print(f"  ... and {len(r['several_faces_photos']) - 20} more (align_report.json lists them all)")
     return 0
-
-
-def _refuse_untrained(spec: str, pretrained: Optional[str]) -> None:
-    """A registry name without shipped or given weights is a network with random weights: its verdict would look
-    confident and mean nothing, so ``verify`` refuses it."""
-    from .models import is_model, list_models, model_cfg
-
-    if os.path.exists(spec) or not is_model(spec) or pretrained or model_cfg(spec).pretrained is not None:
-        return
-    shipped = [n for n in list_models() if model_cfg(n).pretrained is not None]
-    raise InputError(f"{spec}: no weights ship for it, so its verdict would come from random weights; give a "
-                     f"trained model: a checkpoint (pocketnas train writes model.pt), --pretrained FILE, or a "
-                     f"variant with shipped weights ({', '.join(shipped) or 'none'})")
 
 
 def _threshold_advice(spec: str) -> str:
     """What to do about a model without a recorded threshold: a command that works for this kind of model."""
-    from .models.checkpoint import CheckpointError, read_checkpoint
+    from ..models.checkpoint import CheckpointError, read_checkpoint
 
     find = f"pocketnas eval verify --model {spec} --bin lfw.bin"
     if spec.endswith(".onnx"):
@@ -483,10 +505,17 @@ def _threshold_advice(spec: str) -> str:
 def _cmd_verify(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluation.photos import recorded_threshold, verify_photos
+    from ..evaluation.photos import recorded_threshold, verify_photos
 
     torch.set_num_threads(args.threads)
-    _refuse_untrained(args.model, args.pretrained)
+    from ..models.factory import require_trained
+
+    many = sum(x is not None for x in (args.pairs, args.folder))
+    if many > 1 or (many and (args.a or args.b)) or (not many and not (args.a and args.b)):
+        raise InputError("give two photos (verify A B), or many pairs: --pairs FILE or --folder DIR (one of them)")
+    if (args.a or args.b) and (args.out or args.sample):
+        raise InputError("--out and --sample go with --pairs or --folder; two photos report with --json")
+    require_trained(args.model, args.pretrained, "its verdict")
     if args.threshold is not None:
         threshold, source = args.threshold, "given with --threshold"
     else:
@@ -494,28 +523,56 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if found is None:
             raise InputError(f"{args.model} records no verification threshold; {_threshold_advice(args.model)}")
         threshold, source = found
+    if args.pairs or args.folder:
+        return _verify_many(args, threshold, source)
     r = verify_photos(_embedder(args), args.a, args.b, threshold, aligned=args.aligned, flip=not args.no_flip)
     if args.save_faces:
         from PIL import Image
 
-        os.makedirs(args.save_faces, exist_ok=True)
         for name, face in zip(("a.png", "b.png"), r["faces"]):
-            Image.fromarray(face.transpose(1, 2, 0)).save(os.path.join(args.save_faces, name))
+            atomic_save_image(Image.fromarray(face.transpose(1, 2, 0)), os.path.join(args.save_faces, name))
     verdict = "the same person" if r["same"] else "different people"
     print(f"cosine {r['cosine']:.4f}, threshold {threshold:.4f} ({source}): {verdict}")
     if args.json:
-        from .evaluation.run import write_json
+        from ..evaluation.run import write_json
 
         write_json(args.json, {k: v for k, v in r.items() if k != "faces"} | {"threshold_source": source})
     return 0
 
 
+def _verify_many(args: argparse.Namespace, threshold: float, source: str) -> int:
+    """``verify --pairs FILE`` / ``--folder DIR``: every photo embedded once, every pair scored."""
+    from ..evaluation.bulk import pairs_of_folder, read_pairs_file, verify_pairs, write_pairs_report
+
+    pairs = read_pairs_file(args.pairs) if args.pairs else pairs_of_folder(args.folder, args.sample, args.seed)
+    if not pairs:
+        raise InputError(f"{args.pairs or args.folder}: no pairs to score")
+    r = verify_pairs(_embedder(args), pairs, threshold, aligned=args.aligned, flip=not args.no_flip)
+    s = r["summary"]
+    print(f"{s['pairs']} pairs of {s['photos']} photos ({s['embedded']} embedded once each), threshold "
+          f"{threshold:.4f} ({source}): {sum(bool(x['same']) for x in r['rows'])} same, "
+          f"{sum(x['same'] is False for x in r['rows'])} different, {s['undecided']} undecided")
+    if "accuracy" in s:
+        print(f"labelled pairs: {s['labelled']}, accuracy at the threshold {100 * s['accuracy']:.2f} %"
+              + (f", AUC {s['auc']:.4f}, EER {100 * s['eer']:.2f} %" if "auc" in s else ""))
+    for what, key in (("no face found", "no_face"), ("several faces (the most confident used)", "several_faces")):
+        if s[key]:
+            print(f"{what}: {len(s[key])}: " + ", ".join(s[key][:10]) + (" ..." if len(s[key]) > 10 else ""))
+    if args.out:
+        write_pairs_report(args.out, {**r, "summary": {**s, "threshold_source": source}})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _add_eval_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flip", action="store_true", help="embed the image only, not also its mirror")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images embedded at once (default 64)")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--plots", help="folder for roc.png and det.png (default: beside --json)")
-    p.add_argument("--no-cost", action="store_true", help="leave the cost report out")
+    p.add_argument("--cost", action="store_true", help="add the model's cost (parameters, MFLOPs, size, and "
+                   "latency unless --no-latency: about a minute more) to the report and the JSON file "
+                   "(what eval compare plots)")
+    p.add_argument("--no-cost", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
     p.add_argument("--no-latency", action="store_true", help="cost report without timings")
     p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="what embeds a PyTorch model: auto (ONNX Runtime on the CPU when installed, exported in "
@@ -530,7 +587,9 @@ PRECISION_HELP = ("numeric precision of the network's forward pass: auto (defaul
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pocketnas", description="Compact face recognition networks: search, build, "
                                 "train, compress, evaluate.")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="how much the log says (DEBUG also shows the traceback of an error)")
+    p.add_argument("--version", action="version", version=f"pocketnas {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("models", help="list the model registry")
@@ -541,52 +600,65 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="registry name, pocketnas checkpoint, or a bare backbone.pth (with --arch)")
     s.add_argument("--arch", help="architecture of a bare state dict (e.g. an original release backbone.pth)")
     s.add_argument("--out", help="folder for the cell diagrams (default pocketnas_info/NAME)")
-    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--threads", type=positive_int, default=2, help="CPU threads for the latency measurement "
+                                                                  "(default 2)")
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     s.add_argument("--json", help="also write the figures to this JSON file")
+    declare(s, CommandIO(inputs=("model",), files=("json",), folders=(("out", CELL_PNGS),)))
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("genotype", help="validate, convert and draw a genotype (name, .json, or legacy string)")
-    s.add_argument("spec")
-    s.add_argument("--format", choices=["json", "legacy"], default="json")
+    s.add_argument("spec", help="a published name (e.g. pocketnet_casia), a genotype.json or a legacy string")
+    s.add_argument("--format", choices=["json", "legacy"], default="json",
+                   help="how to print it: pocketnas's JSON (default) or the original code's Genotype(...) string")
     s.add_argument("--json", help="write it (with --compare: the figures) as JSON to this file")
     s.add_argument("--draw", help="write normal.png and reduce.png into this folder")
     s.add_argument("--compare", metavar="OTHER", help="print how far OTHER differs from it (shared edges, inputs, "
                    "operations per cell; --json writes the figures) instead of printing it")
+    declare(s, CommandIO(inputs=("spec", "compare"), files=("json",), folders=(("draw", CELL_PNGS),)))
     s.set_defaults(func=_cmd_genotype)
 
     s = sub.add_parser("data", help="pack folders into RecordIO, make pairs .bin files, inspect data")
     dsub = s.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("pack", help="image folder (root/<identity>/<image>) -> train.rec/.idx/property")
-    d.add_argument("folder")
-    d.add_argument("out_dir")
-    d.add_argument("--size", type=int, default=112, help="resize to SIZE x SIZE (0: keep)")
-    d.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    d.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    d.add_argument("folder", help="aligned faces as FOLDER/<identity>/<image>")
+    d.add_argument("out_dir", help="where train.rec, train.idx, property and identities.txt go")
+    d.add_argument("--size", type=size_or_keep, default=112, help="resize to SIZE x SIZE (0: keep)")
+    d.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality")
+    d.add_argument("--workers", type=positive_int, default=max(1, os.cpu_count() or 1),
+                   help="threads encoding images (default: the CPU count)")
+    declare(d, CommandIO(inputs=("folder",), must_exist=("folder",), folders=(("out_dir", PACK_FILES),)))
     d = dsub.add_parser("subset", help="a labelled pack -> a pack of its first N identities (or N drawn with --seed)")
-    d.add_argument("pack")
-    d.add_argument("out_dir")
-    d.add_argument("--identities", type=int, required=True)
-    d.add_argument("--seed", type=int, help="draw the identities at random with this seed (default: the first N)")
+    d.add_argument("pack", help="a labelled RecordIO pack (folder with train.rec, or a .rec)")
+    d.add_argument("out_dir", help="where the new pack goes (never the source pack)")
+    d.add_argument("--identities", type=positive_int, required=True, help="how many identities to keep")
+    d.add_argument("--seed", type=nonnegative_int, help="draw the identities at random with this seed (default: the "
+                                                         "first N)")
+    declare(d, CommandIO(inputs=("pack",), must_exist=("pack",),
+                         folders=(("out_dir", PACK_FILES[:3] + ("subset.txt",)),)))
     d = dsub.add_parser("pairs", help="image folder -> verification pairs .bin (10 folds, seeded)")
-    d.add_argument("folder")
-    d.add_argument("out")
-    d.add_argument("--pairs", type=int, default=600)
-    d.add_argument("--folds", type=int, default=10)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--size", type=int, default=112, help="resize to SIZE x SIZE (0: keep)")
-    d.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    d.add_argument("folder", help="aligned faces as FOLDER/<identity>/<image> (e.g. people held out of training)")
+    d.add_argument("out", help="the .bin file to write (insightface's format, as lfw.bin)")
+    d.add_argument("--pairs", type=positive_int, default=600, help="pairs in all, half genuine (default 600, a "
+                                                                      "multiple of 2 x folds)")
+    d.add_argument("--folds", type=positive_int, default=10, help="folds of the 10-fold protocol (default 10)")
+    d.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the pair draw (default 0)")
+    d.add_argument("--size", type=size_or_keep, default=112, help="resize to SIZE x SIZE (0: keep)")
+    d.add_argument("--workers", type=positive_int, default=max(1, os.cpu_count() or 1),
+                   help="threads encoding images (default: the CPU count)")
+    declare(d, CommandIO(inputs=("folder",), must_exist=("folder",), files=("out",)))
     d = dsub.add_parser("inspect", help="identities, images, per-identity histogram, contact sheet PNG")
     d.add_argument("path", help="a RecordIO folder or .rec, a .bin, or an image folder")
     d.add_argument("--out", help="contact sheet PNG (default NAME_contact.png)")
-    d.add_argument("--samples", type=int, default=32)
-    d.add_argument("--json")
+    d.add_argument("--samples", type=positive_int, default=32, help="faces on the contact sheet (default 32)")
+    d.add_argument("--json", help="also write the summary to this JSON file")
+    declare(d, CommandIO(inputs=("path",), must_exist=("path",), files=("out", "json"), extra=_contact_sheet_default))
     s.set_defaults(func=_cmd_data)
 
     s = sub.add_parser("search", help="DARTS cell search on face images -> genotype.json, cell PNGs")
     s.add_argument("--space", default="pocketnet", help="search-space YAML (or a built-in name: pocketnet, darts)")
     s.add_argument("--data", help="RecordIO pack (folder or .rec) or image folder")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="run folder (checkpoint.pt, genotype.json, cells/, tb/, log.txt)")
     s.add_argument("--config", help="optional YAML of search settings: a file, or a packaged name (e.g. "
                                     "search_cpu_celeba295); the space's defaults apply first")
     s.add_argument("--budget-params", help="steer the derived final network towards this many parameters, "
@@ -600,23 +672,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=["darts", "random", "zero-cost"], default="darts",
                    help="darts (default); random: genotypes drawn uniformly in the budget window; zero-cost: the "
                         "best of --candidates random genotypes by a training-free proxy")
-    s.add_argument("--count", type=int, default=5, help="(random, zero-cost) genotypes to write")
-    s.add_argument("--candidates", type=int, default=100, help="(zero-cost) random genotypes to score")
+    s.add_argument("--count", type=positive_int, default=5, help="(random, zero-cost) genotypes to write")
+    s.add_argument("--candidates", type=positive_int, default=100, help="(zero-cost) random genotypes to score")
     s.add_argument("--proxy", default="naswot", choices=["naswot", "synflow", "grad_norm"],
                    help="(zero-cost) the proxy that picks")
-    s.add_argument("--budget-tolerance", type=float, default=0.05,
+    s.add_argument("--budget-tolerance", type=fraction, default=0.05,
                    help="(random, zero-cost) the budget window, a fraction of the target (default 0.05)")
     s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    declare(s, CommandIO(inputs=("data",), must_exist=("data",), run_folder="out"), overwrite=False)
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("nas-eval", help="train genotypes under one recipe with several seeds: table, plot, "
                                         "proxy rank correlations")
     s.add_argument("genotypes", nargs="+", help="genotype files, candidates.json of a random/zero-cost search, or "
                                                 "published names (pocketnet_casia)")
-    s.add_argument("--data", required=True)
+    s.add_argument("--data", required=True, help="training data: RecordIO pack (folder or .rec) or image folder")
     s.add_argument("--bin", action="append", required=True, help="a .bin set (repeatable; the first is the table's)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    s.add_argument("--out", required=True, help="study folder: one run per genotype and seed, table.md, "
+                   "results.json, accuracy_vs_params.png (resumable: finished runs are kept)")
+    s.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1], help="training seeds of every "
+                   "genotype (default 0 1)")
     s.add_argument("--config", help="the training recipe every genotype shares (a file or a packaged name)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
     s.add_argument("--flip", action="store_true", help="evaluate with the flip test")
@@ -630,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only the runs whose index is K modulo N, so that N processes (or machines) share "
                         "one study; the last to finish writes the table")
     s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    declare(s, CommandIO(inputs=("data", "bin"), must_exist=("data", "bin"), run_folder="out"), overwrite=False)
     s.set_defaults(func=_cmd_nas_eval)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
@@ -652,6 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "of refusing the data")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    declare(s, CommandIO(inputs=("data", "teacher", "genotype"), must_exist=("data",), run_folder="out"),
+            overwrite=False)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("teacher-bank", help="a teacher's embeddings of K augmented views of every training image, "
@@ -663,19 +741,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", required=True, help="the fixed teacher: .onnx, pocketnas checkpoint or registry name")
     s.add_argument("--data", required=True, help="training data: RecordIO pack (folder or .rec) or image folder")
     s.add_argument("--out", required=True, help="the bank's folder (new, empty, or a bank of the same key to finish)")
-    s.add_argument("--views", type=int, default=8, help="views per image (the training's view_bank; default 8)")
-    s.add_argument("--view-seed", type=int, default=0, help="seed of the views (the training's view_seed; default 0)")
+    s.add_argument("--views", type=positive_int, default=8,
+                   help="views per image (the training's view_bank; default 8)")
+    s.add_argument("--view-seed", type=nonnegative_int, default=0,
+                   help="seed of the views (the training's view_seed; default 0)")
     s.add_argument("--teacher-arch", help="architecture of a bare backbone.pth teacher")
     s.add_argument("--teacher-input-norm", choices=["arcface", "raw255"], help="for an ONNX teacher without metadata")
-    s.add_argument("--view-size", type=int, default=0, help="pixels of the views (default: the larger of 112 and "
-                   "the teacher's input)")
-    s.add_argument("--workers", type=int, default=2, help="processes embedding blocks in parallel (0: this one)")
-    s.add_argument("--threads", type=int, default=2, help="CPU threads shared by the workers")
-    s.add_argument("--block", type=int, default=512, help="images per unit of work (and of resumption)")
+    s.add_argument("--view-size", type=size_or_keep, default=0,
+                   help="pixels of the views (default: the larger of 112 and the teacher's input)")
+    s.add_argument("--workers", type=nonnegative_int, default=2, help="processes embedding blocks in parallel (0: "
+                                                                       "this one)")
+    s.add_argument("--threads", type=positive_int, default=2, help="CPU threads shared by the workers")
+    s.add_argument("--block", type=positive_int, default=512, help="images per unit of work (and of resumption)")
     s.add_argument("--no-labels", action="store_true", help="list the data as a run without labels does "
                    "(margin_weight=0: images at any depth)")
     s.add_argument("--skip-bad", action="store_true", help="leave damaged records out, as the training will")
     s.add_argument("--overwrite", action="store_true", help="replace a bank of another key in OUT")
+    declare(s, CommandIO(inputs=("data", "teacher"), must_exist=("data",), run_folder="out"), overwrite=False)
     s.set_defaults(func=_cmd_teacher_bank)
 
     s = sub.add_parser("eval", help="verification accuracy (LFW-family .bin, IJB, any folder) and cost",
@@ -685,12 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="an evaluation configuration: a YAML file or a packaged name (pocketnas/eval/)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", dest="eval_set",
                    help="override a value of --config (e.g. root=/data/faces_emore)")
-    s.add_argument("--model", dest="config_model", help="(with --config) " + MODEL_HELP)
-    s.add_argument("--pretrained", dest="config_pretrained", help="(with --config) weights for a registry name")
-    s.add_argument("--arch", dest="config_arch", help="(with --config) architecture of a bare backbone.pth")
+    s.add_argument("--model", dest="config_model", metavar="MODEL", help="(with --config) " + MODEL_HELP)
+    s.add_argument("--pretrained", dest="config_pretrained", metavar="FILE",
+                   help="(with --config) weights for a registry name")
+    s.add_argument("--arch", dest="config_arch", metavar="ARCH",
+                   help="(with --config) architecture of a bare backbone.pth")
     s.add_argument("--input-norm", dest="config_input_norm", choices=["arcface", "raw255"],
                    help="(with --config) input normalisation of an ONNX model without pocketnas metadata")
-    s.add_argument("--json", dest="config_json", help="(with --config) write the results as JSON")
+    s.add_argument("--json", dest="config_json", metavar="FILE", help="(with --config) write the results as JSON")
+    declare(s, CommandIO(inputs=("config_model",), files=("config_json",),
+                         labels={"config_json": "--json", "config_model": "--model"}))
     esub = s.add_subparsers(dest="eval_command")
     e = esub.add_parser("verify", help="insightface 10-fold protocol on .bin sets")
     _add_model_args(e)
@@ -698,61 +784,75 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--record-threshold", action="store_true", help="write the first set's decision threshold into "
                    "the pocketnas checkpoint given as --model (what pocketnas verify decides with)")
     _add_eval_output_args(e)
+    declare(e, CommandIO(inputs=("model", "bin"), must_exist=("bin",), files=("json",), extra=_plots_output))
     e = esub.add_parser("pairs", help="genuine/impostor pairs of FOLDER/<identity>/<image>: EER, TAR@FAR, accuracy")
-    e.add_argument("folder")
+    e.add_argument("folder", help="aligned faces as FOLDER/<identity>/<image>")
     _add_model_args(e)
-    e.add_argument("--pairs", type=int, default=600)
-    e.add_argument("--folds", type=int, default=10)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--pairs", type=positive_int, default=600, help="pairs drawn, half genuine (default 600)")
+    e.add_argument("--folds", type=positive_int, default=10, help="folds of the protocol (default 10)")
+    e.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the pair draw (default 0)")
     _add_eval_output_args(e)
+    declare(e, CommandIO(inputs=("model", "folder"), must_exist=("folder",), files=("json",), extra=_plots_output))
     e = esub.add_parser("ijb", help="IJB-B/IJB-C 1:1 template verification, TAR at FAR 1e-6..1e-1")
     _add_model_args(e)
     e.add_argument("--root", required=True, help="folder with meta/ and loose_crop/")
-    e.add_argument("--target", default="IJBC", choices=["IJBB", "IJBC"])
+    e.add_argument("--target", default="IJBC", choices=["IJBB", "IJBC"], help="which benchmark (default IJBC)")
     _add_eval_output_args(e)
+    declare(e, CommandIO(inputs=("model", "root"), must_exist=("root",), files=("json",), extra=_plots_output))
     e = esub.add_parser("cost", help="parameters, MFLOPs, size, latency and throughput (PyTorch and ONNX Runtime)")
     _add_model_args(e)
-    e.add_argument("--json")
+    e.add_argument("--json", help="write the cost report to this JSON file")
+    declare(e, CommandIO(inputs=("model",), files=("json",)))
     e = esub.add_parser("compare", help="plot accuracy against parameters and FLOPs for several eval JSON files")
-    e.add_argument("results", nargs="+")
+    e.add_argument("results", nargs="+", help="JSON files written by pocketnas eval verify --json")
     e.add_argument("--set", help="which set to plot (default: the first in each file)")
-    e.add_argument("--out", default="tradeoff.png")
-    e.add_argument("--json")
+    e.add_argument("--out", default="tradeoff.png", help="the plot to write (default tradeoff.png)")
+    e.add_argument("--json", help="also write the plotted points to this JSON file")
+    declare(e, CommandIO(inputs=("results",), must_exist=("results",), files=("out", "json")))
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("prune", help="unstructured pruning at a compression rate, fine-tuning, sweeps")
     s.add_argument("--model", required=True, help="pocketnas checkpoint, registry name (--pretrained) or backbone.pth")
-    s.add_argument("--arch")
-    s.add_argument("--pretrained")
-    s.add_argument("--method", choices=PRUNE_METHODS)
-    s.add_argument("--rate", type=float, help="compression rate: prunable parameters / remaining non-zeros")
+    s.add_argument("--arch", help="architecture of a bare backbone.pth")
+    s.add_argument("--pretrained", help="weights for a registry name")
+    s.add_argument("--method", choices=PRUNE_METHODS, help="the pruning method (with --rate)")
+    s.add_argument("--rate", type=compression_rate, help="compression rate: prunable parameters / remaining "
+                                                          "non-zeros")
     s.add_argument("--data", required=True, help="face data for gradient scores and fine-tuning")
-    s.add_argument("--out", required=True)
-    s.add_argument("--finetune-epochs", type=int, default=0)
+    s.add_argument("--out", required=True, help="run folder (model.pt, report.json; a sweep: sweep.md, .json, .png)")
+    s.add_argument("--finetune-epochs", type=nonnegative_int, default=0, help="fine-tuning epochs after pruning, "
+                   "the masks held (default 0: none)")
     s.add_argument("--teacher", help="distil from this model while fine-tuning (e.g. the unpruned checkpoint)")
     s.add_argument("--head", help="a training run's checkpoint.pt whose margin head fine-tuning starts from "
                                   "(default: the checkpoint.pt beside --model, if any; 'none': a fresh head)")
     s.add_argument("--bin", help="a .bin set to report verification accuracy on")
     s.add_argument("--sweep", action="store_true", help="every --methods at every --rates, as a table and a plot")
-    s.add_argument("--methods", nargs="+", choices=PRUNE_METHODS)
-    s.add_argument("--rates", nargs="+", type=float, default=[2, 4, 8, 16])
+    s.add_argument("--methods", nargs="+", choices=PRUNE_METHODS, help="(--sweep) methods to compare (default: all)")
+    s.add_argument("--rates", nargs="+", type=compression_rate, default=[2, 4, 8, 16],
+                   help="(--sweep) compression rates to compare (default 2 4 8 16)")
     s.add_argument("--no-export", action="store_true", help="skip the ONNX export and its cost")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fine-tuning settings (train config keys)")
+    declare(s, CommandIO(inputs=("model", "data", "bin", "teacher", "head"), must_exist=("data", "bin"),
+                         run_folder="out"), overwrite=False)
     s.set_defaults(func=_cmd_prune)
 
     s = sub.add_parser("export", help="ONNX (checked against PyTorch on face crops), int8, TorchScript")
-    s.add_argument("--model", required=True)
-    s.add_argument("--arch")
-    s.add_argument("--pretrained")
-    s.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx")
-    s.add_argument("--out", required=True)
+    s.add_argument("--model", required=True, help=MODEL_HELP.replace(" or .onnx file", ""))
+    s.add_argument("--arch", help="architecture of a bare backbone.pth")
+    s.add_argument("--pretrained", help="weights for a registry name")
+    s.add_argument("--format", choices=["onnx", "onnx-int8", "torchscript"], default="onnx",
+                   help="onnx (default), onnx-int8 (also keeps OUT's .fp32.onnx), torchscript")
+    s.add_argument("--out", required=True, help="the file to write")
     s.add_argument("--calib", help="face crops for the parity check and int8 calibration (folder, pack or .bin; "
                    "default: the bundled faces)")
     s.add_argument("--bin", help="report verification accuracy of PyTorch, fp32 and int8 on this .bin")
-    s.add_argument("--int8-mode", choices=["static", "dynamic"], default="static")
-    s.add_argument("--opset", type=int, default=17)
-    s.add_argument("--json")
+    s.add_argument("--int8-mode", choices=["static", "dynamic"], default="static",
+                   help="(onnx-int8) static: activations calibrated on face crops (default); dynamic")
+    s.add_argument("--opset", type=opset, default=17, help="ONNX opset (default 17)")
+    s.add_argument("--json", help="also write the report to this JSON file")
+    declare(s, CommandIO(inputs=("model", "pretrained", "calib", "bin"), must_exist=("calib", "bin"),
+                         files=("out", "json"), extra=_int8_sibling))
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("release", help="a trained checkpoint -> the weights file to ship (float16 when verification "
@@ -762,34 +862,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bin", action="append", required=True, help=".bin set(s) to measure on (the first is recorded)")
     s.add_argument("--fp32", action="store_true", help="store float32 even where float16 changes nothing")
     s.add_argument("--json", help="write the report there too")
+    declare(s, CommandIO(inputs=("model", "bin"), must_exist=("model", "bin"), files=("out", "json")))
     s.set_defaults(func=_cmd_release)
 
     s = sub.add_parser("align", help="detect and align the faces of ordinary photos onto the ArcFace template")
     s.add_argument("photos", help="a folder of photos (identity sub-folders are kept)")
     s.add_argument("out", help="where the aligned faces go (PNG, the same structure) and align_report.json")
-    s.add_argument("--size", type=int, default=112, help="side of the aligned crops (default 112)")
-    s.add_argument("--min-face", type=int, default=20, help="smallest face to find, in pixels (default 20)")
+    s.add_argument("--size", type=image_side, default=112, help="side of the aligned crops (default 112)")
+    s.add_argument("--min-face", type=positive_int, default=20, help="smallest face to find, in pixels (default 20)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier pocketnas align run in OUT")
+    declare(s, CommandIO(inputs=("photos",), must_exist=("photos",), folders=(("out", ("align_report.json",)),)),
+            overwrite=False)
     s.set_defaults(func=_cmd_align)
 
-    s = sub.add_parser("verify", help="are two photos the same person? cosine and decision")
-    s.add_argument("a")
-    s.add_argument("b")
+    s = sub.add_parser("verify", help="are two photos the same person? cosine and decision (or many pairs at once)",
+                       description="verify A B: one pair. verify --pairs FILE or --folder DIR: many pairs in one "
+                                   "process, each photo embedded once; --out writes a per-pair CSV or JSON.")
+    s.add_argument("a", nargs="?", help="the first photo (any photo with a face, or an aligned crop with --aligned)")
+    s.add_argument("b", nargs="?", help="the second photo")
+    s.add_argument("--pairs", metavar="FILE", help="a CSV or TSV of pairs: photo_a, photo_b[, label (1/0, "
+                   "same/different)]; relative paths from the file's folder")
+    s.add_argument("--folder", metavar="DIR", help="photos as DIR/<identity>/<photo>: every pair (or --sample N), "
+                   "labelled by identity")
+    s.add_argument("--sample", type=positive_int, help="(--folder) score N pairs drawn, half genuine, instead of all")
+    s.add_argument("--seed", type=nonnegative_int, default=0, help="(--folder --sample) seed of the draw (default 0)")
+    s.add_argument("--out", metavar="FILE", help="(--pairs, --folder) the per-pair table: .csv/.tsv, or .json with "
+                   "the summary (faces found per photo, accuracy, AUC and EER when labelled)")
     _add_model_args(s)
-    s.add_argument("--threshold", type=float, help="cosine threshold (default: the one recorded with the model)")
+    s.add_argument("--threshold", type=cosine, help="cosine threshold in [-1, 1] (default: the one recorded with "
+                                                    "the model)")
     s.add_argument("--aligned", action="store_true", help="the photos are aligned crops already (no detection)")
     s.add_argument("--no-flip", action="store_true", help="embed the faces only, not also their mirrors")
     s.add_argument("--save-faces", metavar="DIR", help="write the two aligned faces there (PNG)")
-    s.add_argument("--json")
+    s.add_argument("--json", help="also write cosine, threshold and decision to this JSON file")
+    declare(s, CommandIO(inputs=("a", "b", "model", "pairs", "folder"), must_exist=("a", "b", "pairs", "folder"),
+                         files=("json", "out"), folders=(("save_faces", ("a.png", "b.png")),)))
     s.set_defaults(func=_cmd_verify)
 
     s = sub.add_parser("demo", help="the main job on the bundled ORL faces")
-    s.add_argument("--out", default="pocketnas_demo")
+    s.add_argument("--out", default="pocketnas_demo", help="run folder (default pocketnas_demo)")
     s.add_argument("--models", nargs="+", help="registry names (default: the four PocketNets)")
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--no-latency", action="store_true")
+    s.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    s.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     s.add_argument("--no-pipeline", action="store_true", help="only build/verify/cost, no search-train-evaluate")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    declare(s, CommandIO(run_folder="out"), overwrite=False)
     s.set_defaults(func=_cmd_demo)
     return p
 
@@ -800,14 +917,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for handler in logging.getLogger().handlers:  # the console shows --log-level; a run's log.txt keeps INFO
         handler.setLevel(level)
-    from .errors import PocketnasError
+    from ..errors import PocketnasError
 
     try:
+        check_command_io(args)
         return args.func(args)
-    except (PocketnasError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        if level <= logging.DEBUG:
-            raise
-        print(f"pocketnas {args.command}: error: {e}", file=sys.stderr)
+    except (PocketnasError, OSError) as e:
+        if level <= logging.DEBUG or not (isinstance(e, PocketnasError) or e.errno in WRITE_ERRNOS):
+            raise  # anything else is a bug: its traceback is what a report needs
+        if not isinstance(e, PocketnasError):  # the place refused (full, read-only, ...): not pocketnas's error
+            e = write_failure(e.filename or "a file", e)
+        command = " ".join(c for c in (args.command, getattr(args, "data_command", None),
+                                       getattr(args, "eval_command", None)) if c)
+        message = " ".join(line.strip() for line in str(e).splitlines())  # one line, whatever the source wrote
+        print(f"pocketnas {command}: error: {message}", file=sys.stderr)
         return 2
 
 if __name__ == "__main__":  # pragma: no cover
