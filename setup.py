@@ -9,6 +9,9 @@ with open(os.path.join(HERE, "pocketnas", "version.py"), encoding="utf-8") as f:
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
+CONFIG_PACKAGES = {"pocketnas.search_spaces": "search_spaces", "pocketnas.search_spaces.recipes": "search_spaces/recipes",
+                   "pocketnas.train": "train", "pocketnas.eval": "eval"}
+
 setup(
     name="pocketnas",
     version=VERSION,
@@ -18,11 +21,15 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["pocketnas", "pocketnas.*"]),
+    # the declarative configurations live at the project's top level and ship inside the package
+    packages=find_packages(include=["pocketnas", "pocketnas.*"]) + list(CONFIG_PACKAGES),
+    package_dir={"pocketnas": "pocketnas", **CONFIG_PACKAGES},
     package_data={"pocketnas": ["assets/orl/*.txt", "assets/orl/*.ORL", "assets/orl/*.json",
                                 "assets/orl/s*/*.png", "assets/weights/*.pt", "assets/detector/*.pt",
-                                "assets/detector/*.txt", "search_spaces/*.yaml",
-                                "train/*.yaml", "eval/*.yaml"]},
+                                "assets/detector/*.txt"],
+                  **{name: ["*.yaml"] for name in CONFIG_PACKAGES}},
+    # eval/shared.yaml points at ../shared beside a checkout: it means nothing in an installed package
+    exclude_package_data={"pocketnas.eval": ["shared.yaml"]},
     install_requires=[
         "torch>=2.1",
         "numpy",

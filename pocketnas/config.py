@@ -113,10 +113,23 @@ def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
     return out
 
 
+# the declarative configurations, by kind: top-level folders of the project (train/, eval/, search_spaces/), which
+# setup.py maps into the wheel as pocketnas/train/, pocketnas/eval/, pocketnas/search_spaces/
+CONFIG_FOLDERS = {"train": "train", "eval": "eval", "search_spaces": "search_spaces",
+                  "search": os.path.join("search_spaces", "recipes")}
+
+
 def packaged_yaml_dir(kind: str) -> str:
-    """The folder of YAML files of ``kind`` shipped inside the package: ``train`` (training and search recipes),
-    ``eval`` (evaluation sets), ``search_spaces``."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), kind)
+    """The folder of the YAML files of ``kind``: ``train`` (training recipes), ``search`` (search recipes),
+    ``eval`` (evaluation sets), ``search_spaces``. Installed from the wheel they sit inside the package; in a
+    checkout, at the project's top level (where they are edited)."""
+    sub = CONFIG_FOLDERS[kind]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for base in (here, os.path.dirname(here)):
+        folder = os.path.join(base, sub)
+        if os.path.isdir(folder):
+            return folder
+    return os.path.join(here, sub)
 
 
 def packaged_yaml_names(kind: str) -> List[str]:
@@ -126,7 +139,7 @@ def packaged_yaml_names(kind: str) -> List[str]:
 
 def resolve_yaml(spec: str, kind: Optional[str] = "train") -> str:
     """``spec`` if it is a file, else the packaged ``kind`` file of that name (``cpu_celeba295`` or
-    ``cpu_celeba295.yaml``, as the package ships it in ``pocketnas/<kind>/``)."""
+    ``cpu_celeba295.yaml``: see :func:`packaged_yaml_dir`)."""
     if os.path.isfile(spec):
         return spec
     if kind and os.sep not in spec and "/" not in spec:
@@ -146,7 +159,7 @@ def load_config(cls: Type[C], path: Optional[str] = None, overrides: Iterable[st
                 extra: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None,
                 packaged: Optional[str] = "train") -> C:
     """``cls`` from ``defaults``, then the YAML file ``path`` (optional: a file, or the name of a configuration
-    shipped in ``pocketnas/<packaged>/``), then ``extra`` values (command-line options; None means not given), then
+    of kind ``packaged``, see :func:`packaged_yaml_dir`), then ``extra`` values (command-line options; None means not given), then
     ``--set`` overrides: each later source wins."""
     data: Dict[str, Any] = dict(defaults or {})
     if path:

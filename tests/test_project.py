@@ -1,6 +1,8 @@
 import os
 import re
 
+import pytest
+
 from conftest import REPO
 
 
@@ -49,3 +51,31 @@ def test_subpackages_are_attributes_imported_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "refused: module 'pocketnas' has no attribute 'no_such_thing'" in out.stdout
+
+
+def test_the_declarative_configs_live_at_the_top_level_and_are_read_from_there():
+    # issue 40: a checkout shows search_spaces/, train/ and eval/ at a glance; the wheel maps them into the package
+    top = sorted(os.listdir(REPO))
+    for folder in ("search_spaces", "train", "eval", "pocketnas", "tests", "setup.py", "README.md"):
+        assert folder in top, top
+    for kind in ("train", "eval", "search_spaces"):
+        assert not os.path.isdir(os.path.join(REPO, "pocketnas", kind)), f"pocketnas/{kind}/ duplicates {kind}/"
+    from pocketnas.config import load_config, packaged_yaml_dir
+    from pocketnas.engine.search import search_config
+    from pocketnas.engine.train_config import TrainConfig
+    from pocketnas.evaluation.config import load_eval_config
+    from pocketnas.nas.space import load_space
+
+    assert packaged_yaml_dir("train") == os.path.join(REPO, "train")
+    assert packaged_yaml_dir("search") == os.path.join(REPO, "search_spaces", "recipes")
+    # by path from a checkout, and by bare name
+    assert load_space(os.path.join(REPO, "search_spaces", "pocketnet.yaml")).name == load_space("pocketnet").name
+    assert load_config(TrainConfig, os.path.join(REPO, "train", "tiny_orl.yaml")).epochs == \
+        load_config(TrainConfig, "tiny_orl").epochs
+    assert search_config("pocketnet", "search_cpu_celeba295").epochs == \
+        search_config("pocketnet", os.path.join(REPO, "search_spaces", "recipes", "search_cpu_celeba295.yaml")).epochs
+    from pocketnas.config import ConfigError
+
+    for spec in (os.path.join(REPO, "eval", "lfw_family.yaml"), "lfw_family"):  # found, then its sets checked
+        with pytest.raises(ConfigError, match="lfw_family.* missing .*lfw.bin"):
+            load_eval_config(spec, [f"root={REPO}"])

@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_nas_eval)
 
     s = sub.add_parser("train", help="train a face embedder (ArcFace/CosFace, knowledge distillation, resume)")
-    s.add_argument("--config", help="a recipe: a YAML file, or a packaged name (pocketnas/train/, e.g. "
+    s.add_argument("--config", help="a recipe: a YAML file, or a packaged name (train/, e.g. "
                                     "cpu_celeba295); --set overrides any value")
     s.add_argument("--data", help="training data: RecordIO pack (folder or .rec) or image folder")
     s.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt, tb/, log.txt)")
@@ -764,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="pocketnas eval --config NAME|FILE --model M: every set of an evaluation "
                                    "configuration (packaged: " + ", ".join(_eval_config_names()) + "); or one of "
                                    "the commands below")
-    s.add_argument("--config", help="an evaluation configuration: a YAML file or a packaged name (pocketnas/eval/)")
+    s.add_argument("--config", help="an evaluation configuration: a YAML file or a packaged name (eval/)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", dest="eval_set",
                    help="override a value of --config (e.g. root=/data/faces_emore)")
     s.add_argument("--model", dest="config_model", metavar="MODEL", help="(with --config) " + MODEL_HELP)

@@ -154,7 +154,7 @@ def search_config(space: str, path: Optional[str] = None, overrides=(), extra=No
     from ..config import load_config
 
     defaults = {**load_space(space).defaults, "space": space}
-    return load_config(SearchConfig, path, overrides, extra, defaults)
+    return load_config(SearchConfig, path, overrides, extra, defaults, packaged="search")
 
 
 class SearchModel(nn.Module):

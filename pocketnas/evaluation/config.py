@@ -1,4 +1,4 @@
-"""Evaluation sets as configuration (``pocketnas/eval/*.yaml``, as ``pocketnas/train/`` holds training recipes):
+"""Evaluation sets as configuration (``eval/*.yaml``, as ``train/`` holds training recipes):
 which ``.bin`` pair sets under which root, which IJB benchmarks, with or without the flip test.
 
     pocketnas eval --config lfw_family --model model.pt --set root=/data/faces_emore

@@ -1,4 +1,4 @@
-"""Search spaces as data: ``pocketnas/search_spaces/*.yaml`` read with ``yaml.safe_load`` and checked against the one
+"""Search spaces as data: ``search_spaces/*.yaml`` read with ``yaml.safe_load`` and checked against the one
 operation registry, with messages that name the file and the bad key."""
 from __future__ import annotations
 
@@ -44,9 +44,10 @@ class SearchSpace:
 
 
 def search_space_dirs() -> List[str]:
-    """Where named spaces live: inside the package (``pocketnas/search_spaces/``, shipped in the wheel)."""
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.join(pkg, "search_spaces")]
+    """Where named spaces live: the project's ``search_spaces/`` (inside the package once installed)."""
+    from ..config import packaged_yaml_dir
+
+    return [packaged_yaml_dir("search_spaces")]
 
 
 def resolve_space(spec: str) -> str:
