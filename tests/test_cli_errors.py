@@ -185,3 +185,18 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pocketnas {__version__}"
+
+
+def test_cli_choices_are_the_registries():
+    # issue 40: a new pruner, proxy or search method is one registered piece; the command line offers it at once
+    from pocketnas.compress.prune import PRUNERS
+    from pocketnas.engine.search_methods import SEARCH_METHODS
+    from pocketnas.nas.zero_cost import PROXIES
+
+    def choices(command, option):
+        action = next(a for a in COMMANDS[command]._actions if option in a.option_strings)
+        return sorted(action.choices)
+
+    assert choices("prune", "--method") == choices("prune", "--methods") == PRUNERS.names()
+    assert choices("search", "--method") == SEARCH_METHODS.names()
+    assert choices("search", "--proxy") == choices("nas-eval", "--proxies") == PROXIES.names()

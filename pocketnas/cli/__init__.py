@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import List, Optional
 
 from ..atomic import atomic_save_image, atomic_write, atomic_write_json
-from ..compress import METHODS as PRUNE_METHODS
+from ..compress.prune import PRUNERS
+from ..engine.search_methods import SEARCH_METHODS
+from ..nas.zero_cost import PROXIES
 from ..engine.precision import PRECISIONS
 from ..errors import InputError
 from ..version import __version__
@@ -135,47 +136,24 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_baseline_search(args: argparse.Namespace, cfg) -> int:
-    from ..engine.nas_eval import random_search, zero_cost_search
-    from ..nas.budget import parse_amount
-    from ..nas.random_search import Budget
-    from ..nas.space import load_space
-
-    space = load_space(cfg.space)
-    budget = None
-    if cfg.budget_params or cfg.budget_flops:
-        budget = Budget("params" if cfg.budget_params else "flops", parse_amount(cfg.budget_params or
-                                                                                   cfg.budget_flops),
-                        args.budget_tolerance, cfg.final_channels, cfg.final_layers, cfg.input_size,
-                        cfg.embedding_size)
-    if os.path.isfile(os.path.join(args.out, "candidates.json")) and not args.overwrite:
-        raise InputError(f"{args.out}: holds an earlier {args.method} search (candidates.json); add --overwrite")
-    if args.method == "random":
-        path = random_search(space, args.out, args.count, cfg.seed, budget)
-    else:
-        if not cfg.data:
-            raise InputError("--method zero-cost scores networks on faces: give --data")
-        path = zero_cost_search(space, args.out, cfg.data, args.candidates, args.count, args.proxy, cfg.seed,
-                                budget, cfg.input_size)
-    with open(path, encoding="utf-8") as f:
-        entries = json.load(f)["entries"]
-    for e in entries:
-        cost = f", {budget.metric} {e['cost']:,.0f}" if budget else ""
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in e.get("scores", {}).items())
-        print(f"{e['name']}{cost}{'; ' + scores if scores else ''}")
-    print(f"wrote {len(entries)} genotypes and {path}")
-    return 0
-
-
 def _cmd_search(args: argparse.Namespace) -> int:
-    from ..engine.search import search, search_config
+    from ..engine.search import search_config
+    from ..engine.search_methods import SearchOptions, run_search
 
     extra = {"data": args.data, "budget_params": args.budget_params, "budget_flops": args.budget_flops,
              "skip_bad": True if args.skip_bad else None, "precision": args.precision}
     cfg = search_config(args.space, args.config, args.set or [], extra)
-    if args.method != "darts":
-        return _cmd_baseline_search(args, cfg)
-    history = search(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    options = SearchOptions(resume=args.resume, overwrite=args.overwrite, count=args.count,
+                            candidates=args.candidates, proxy=args.proxy, budget_tolerance=args.budget_tolerance)
+    outcome = run_search(args.method, cfg, args.out, options)
+    if outcome.entries:  # random, zero-cost: the genotypes written, with their cost and scores
+        for e in outcome.entries:
+            cost = f", {outcome.budget.metric} {e['cost']:,.0f}" if outcome.budget else ""
+            scores = ", ".join(f"{k} {v:.4g}" for k, v in e.get("scores", {}).items())
+            print(f"{e['name']}{cost}{'; ' + scores if scores else ''}")
+        print(f"wrote {len(outcome.entries)} genotypes and {outcome.summary}")
+        return 0
+    history = outcome.history
     if history.get("interrupted"):
         return 0
     if history.get("stopped_early"):
@@ -249,7 +227,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.finetune_epochs and args.head != "none":
         head = args.head or crun.training_checkpoint(args.model)
     if args.sweep:
-        methods = args.methods or list(PRUNE_METHODS)
+        methods = args.methods or PRUNERS.names()
         crun.sweep(model, methods, args.rates, args.data, args.out, args.finetune_epochs, args.teacher,
                args.bin, args.set or [], export=not args.no_export, recipe=recipe, head=head,
                overwrite=args.overwrite)
@@ -669,12 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
                    "of refusing the data")
     s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
-    s.add_argument("--method", choices=["darts", "random", "zero-cost"], default="darts",
+    s.add_argument("--method", choices=SEARCH_METHODS.names(), default="darts",
                    help="darts (default); random: genotypes drawn uniformly in the budget window; zero-cost: the "
                         "best of --candidates random genotypes by a training-free proxy")
     s.add_argument("--count", type=positive_int, default=5, help="(random, zero-cost) genotypes to write")
     s.add_argument("--candidates", type=positive_int, default=100, help="(zero-cost) random genotypes to score")
-    s.add_argument("--proxy", default="naswot", choices=["naswot", "synflow", "grad_norm"],
+    s.add_argument("--proxy", default="naswot", choices=PROXIES.names(),
                    help="(zero-cost) the proxy that picks")
     s.add_argument("--budget-tolerance", type=fraction, default=0.05,
                    help="(random, zero-cost) the budget window, a fraction of the target (default 0.05)")
@@ -695,8 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="the training recipe every genotype shares (a file or a packaged name)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
     s.add_argument("--flip", action="store_true", help="evaluate with the flip test")
-    s.add_argument("--proxies", nargs="+", default=["naswot", "synflow", "grad_norm"],
-                   choices=["naswot", "synflow", "grad_norm"],
+    s.add_argument("--proxies", nargs="+", default=PROXIES.names(), choices=PROXIES.names(),
                    help="zero-cost proxies scored for every genotype (one setting: the recipe's network, 64 faces "
                         "of --data) for the rank correlations")
     s.add_argument("--no-proxies", action="store_true",
@@ -815,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="pocketnas checkpoint, registry name (--pretrained) or backbone.pth")
     s.add_argument("--arch", help="architecture of a bare backbone.pth")
     s.add_argument("--pretrained", help="weights for a registry name")
-    s.add_argument("--method", choices=PRUNE_METHODS, help="the pruning method (with --rate)")
+    s.add_argument("--method", choices=PRUNERS.names(), help="the pruning method (with --rate)")
     s.add_argument("--rate", type=compression_rate, help="compression rate: prunable parameters / remaining "
                                                           "non-zeros")
     s.add_argument("--data", required=True, help="face data for gradient scores and fine-tuning")
@@ -827,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: the checkpoint.pt beside --model, if any; 'none': a fresh head)")
     s.add_argument("--bin", help="a .bin set to report verification accuracy on")
     s.add_argument("--sweep", action="store_true", help="every --methods at every --rates, as a table and a plot")
-    s.add_argument("--methods", nargs="+", choices=PRUNE_METHODS, help="(--sweep) methods to compare (default: all)")
+    s.add_argument("--methods", nargs="+", choices=PRUNERS.names(), help="(--sweep) methods to compare (default: all)")
     s.add_argument("--rates", nargs="+", type=compression_rate, default=[2, 4, 8, 16],
                    help="(--sweep) compression rates to compare (default 2 4 8 16)")
     s.add_argument("--no-export", action="store_true", help="skip the ONNX export and its cost")

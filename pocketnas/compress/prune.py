@@ -25,9 +25,67 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
 from ..errors import InputError
-from . import METHODS
+from ..registry import Registry
 
 logger = logging.getLogger(__name__)
+
+
+class Pruner:
+    """One pruning method: which weights count as least important (``importance``: a score per weight, or None for
+    the magnitude) and over what ``scope`` they are ranked (``global``: all prunable layers together; ``layer``:
+    each layer by the same fraction). ``needs_gradients``: the scores need face batches (:func:`gradient_scores`).
+    A new method is one registered subclass (and its test)."""
+
+    scope = "global"
+    needs_gradients = False
+
+    def importance(self, layers: List[nn.Module], grads: Optional[Dict[nn.Module, torch.Tensor]],
+                   seed: int) -> Optional[Dict[nn.Module, torch.Tensor]]:
+        return None  # the weights' magnitude
+
+
+PRUNERS: Registry[type] = Registry("pruning method")
+
+
+@PRUNERS.register("global_weight")
+class GlobalWeight(Pruner):
+    """The smallest |w| over all prunable layers together."""
+
+
+@PRUNERS.register("layer_weight")
+class LayerWeight(Pruner):
+    """The smallest |w| of each layer, every layer by the same fraction."""
+
+    scope = "layer"
+
+
+@PRUNERS.register("global_grad")
+class GlobalGrad(Pruner):
+    """The smallest |w * dL/dw| over all prunable layers (gradients of the margin loss on face batches)."""
+
+    needs_gradients = True
+
+    def importance(self, layers, grads, seed):
+        return grads
+
+
+@PRUNERS.register("layer_grad")
+class LayerGrad(GlobalGrad):
+    """|w * dL/dw| per layer."""
+
+    scope = "layer"
+
+
+@PRUNERS.register("random")
+class RandomPruner(Pruner):
+    """Uniformly random weights over all prunable layers (the baseline every method must beat)."""
+
+    def importance(self, layers, grads, seed):
+        g = torch.Generator().manual_seed(seed)
+        return {mod: torch.rand(_weight(mod).shape, generator=g) for mod in layers}
+
+
+METHODS = tuple(PRUNERS.names())
 
 
 def prunable_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -115,27 +173,24 @@ def gradient_scores(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torc
 
 def prune_model(model: nn.Module, method: str, rate: float,
                 scores: Optional[Dict[nn.Module, torch.Tensor]] = None, seed: int = 0) -> SparsityReport:
-    """Prune ``model`` in place to compression rate ``rate`` over its prunable layers."""
-    if method not in METHODS:
-        raise InputError(f"unknown pruning method {method!r} (known: {', '.join(METHODS)})")
+    """Prune ``model`` in place to compression rate ``rate`` over its prunable layers, by the registered pruning
+    method ``method`` (:data:`PRUNERS`); ``scores``: the gradient scores a ``*_grad`` method needs."""
+    pruner = PRUNERS.get(method)()
     if rate < 1:
         raise InputError(f"compression rate must be >= 1, got {rate}")
     amount = 1.0 - 1.0 / rate
     layers = [mod for _, mod in prunable_layers(model)]
-    if method.endswith("grad") and scores is None:
+    if pruner.needs_gradients and scores is None:
         raise InputError(f"{method} needs gradient scores (gradient_scores(model, batches, classes))")
-    if method == "random":
-        g = torch.Generator().manual_seed(seed)
-        scores = {mod: torch.rand(_weight(mod).shape, generator=g) for mod in layers}
-    targets = [(mod, "weight") for mod in layers]
-    if method in ("global_weight", "global_grad", "random"):
-        importance = None if method == "global_weight" else {(mod, "weight"): scores[mod] for mod in layers}
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount,
-                                  importance_scores=importance)
+    importance = pruner.importance(layers, scores, seed)
+    if pruner.scope == "global":
+        prune.global_unstructured([(mod, "weight") for mod in layers], pruning_method=prune.L1Unstructured,
+                                  amount=amount, importance_scores=None if importance is None else
+                                  {(mod, "weight"): importance[mod] for mod in layers})
     else:
         for mod in layers:
             prune.l1_unstructured(mod, "weight", amount=amount,
-                                  importance_scores=None if method == "layer_weight" else scores[mod])
+                                  importance_scores=None if importance is None else importance[mod])
     report = sparsity(model)
     logger.info("%s pruning to rate %.1f: %d of %d prunable weights left (rate %.3f); left dense: %s", method, rate,
                 report.prunable_nonzero, report.prunable, report.compression, ", ".join(report.dense))

@@ -18,7 +18,7 @@ from ..models.checkpoint import save
 from ..models.factory import load
 from ..models.embedders import TorchEmbedder
 from ..outputs import staged_file
-from .prune import gradient_scores, make_permanent, prune_model, sparsity
+from .prune import PRUNERS, gradient_scores, make_permanent, prune_model, sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _prune_one(model, method, rate, data, out_dir, finetune_epochs, teacher, bin
     report: Dict[str, Any] = {"method": method, "rate": rate, "accuracy_before": verification_accuracy(model, bin_path)}
     pruned = copy.deepcopy(model).eval()
     scores = None
-    if method.endswith("grad"):
+    if PRUNERS.get(method).needs_gradients:
         batches, classes = gradient_batches(data, size, norm, grad_batches, seed=seed)
         scores = gradient_scores(pruned, batches, classes)
     sp = prune_model(pruned, method, rate, scores, seed)

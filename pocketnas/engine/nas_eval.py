@@ -72,10 +72,11 @@ def random_search(space: SearchSpace, out_dir: str, count: int, seed: int, budge
 
 def zero_cost_search(space: SearchSpace, out_dir: str, data: str, candidates: int, top: int, proxy: str,
                      seed: int, budget: Optional[Budget], input_size: int = 56, batch: int = 64,
-                     proxies: Sequence[str] = ("naswot", "synflow", "grad_norm"), progress: bool = True) -> str:
+                     proxies: Optional[Sequence[str]] = None, progress: bool = True) -> str:
     """Score ``candidates`` random genotypes with every proxy on one batch of faces of ``data``; keep the ``top``
     by ``proxy`` as ``zc_NN.json``. ``candidates.json`` holds every candidate's scores (for the rank
     correlations of ``nas-eval``)."""
+    proxies = PROXIES.names() if proxies is None else proxies
     if proxy not in proxies:
         proxies = tuple(proxies) + (proxy,)
     found = sample_genotypes(space, candidates, seed, budget)

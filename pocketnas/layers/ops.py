@@ -27,16 +27,18 @@ from .kernels import AvgPool2d, BatchNorm2d, DepthwiseConv2d, PReLU
 OpBuilder = Callable[[int, int, bool, str], nn.Module]
 OPS: Registry[OpBuilder] = Registry("operation")
 
-ACTIVATIONS = ("prelu", "relu")
+# activations by name, each a builder (channels -> module); a search space names one. A new activation is one
+# registered builder (and the parametrised tests pick it up)
+ACTIVATIONS: Registry[Callable[[int], nn.Module]] = Registry("activation")
+ACTIVATIONS.add("prelu", lambda channels: PReLU(channels))  # PocketNet: PReLU everywhere DARTS used ReLU
+ACTIVATIONS.add("relu", lambda channels: nn.ReLU(inplace=False))  # DARTS
 
 
 def activation(name: str, channels: int) -> nn.Module:
-    """PocketNet uses PReLU everywhere DARTS used ReLU."""
-    if name == "prelu":
-        return PReLU(channels)
-    if name == "relu":
-        return nn.ReLU(inplace=False)
-    raise InputError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})")
+    """The registered activation ``name`` for ``channels`` channels."""
+    if name not in ACTIVATIONS:
+        raise InputError(ACTIVATIONS.unknown_message(name))
+    return ACTIVATIONS.get(name)(channels)
 
 
 class DwConv(nn.Module):

@@ -110,7 +110,10 @@ def build_margin(name: str, **kwargs: Any) -> nn.Module:
 
 
 def margin_kwargs(name: str, cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The subset of a flat config (margin_s, margin_m, margin_m1 ...) a margin takes."""
-    names = {"arcface": ("s", "m"), "cosface": ("s", "m"), "combined": ("s", "m1", "m2", "m3"), "softmax": ("s",)}
-    MARGINS.get(name)
-    return {k: cfg[f"margin_{k}"] for k in names.get(name, ()) if cfg.get(f"margin_{k}") is not None}
+    """The subset of a flat config (margin_s, margin_m, margin_m1 ...) a margin takes: read from the registered
+    class's own constructor, so a new margin needs no list here (its arguments are ``margin_<arg>`` settings)."""
+    import inspect
+
+    params = inspect.signature(MARGINS.get(name).__init__).parameters
+    names = [p for p in params if p != "self" and params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    return {k: cfg[f"margin_{k}"] for k in names if cfg.get(f"margin_{k}") is not None}

@@ -15,7 +15,7 @@ Every score is a function of (genotype, network settings, seed, batches): determ
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -101,11 +101,13 @@ def score_genotype(genotype: Genotype, proxy: str, images: torch.Tensor, labels:
 
 
 def rank_genotypes(candidates: Sequence[Genotype], images: torch.Tensor, labels: torch.Tensor,
-                   proxies: Sequence[str] = ("naswot", "synflow", "grad_norm"), progress: bool = True,
+                   proxies: Optional[Sequence[str]] = None, progress: bool = True,
                    **build) -> List[Dict[str, float]]:
-    """Every proxy's score of every candidate (a list of {proxy: score}, in the candidates' order)."""
+    """Every proxy's score (``proxies``: default every registered one) of every candidate (a list of {proxy:
+    score}, in the candidates' order)."""
     from tqdm import tqdm
 
+    proxies = PROXIES.names() if proxies is None else proxies
     for p in proxies:
         PROXIES.get(p)
     return [{p: score_genotype(g, p, images, labels, **build) for p in proxies}
