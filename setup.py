@@ -9,7 +9,8 @@ with open(os.path.join(HERE, "pocketnas", "version.py"), encoding="utf-8") as f:
 with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
-CONFIG_PACKAGES = {"pocketnas.search_spaces": "search_spaces", "pocketnas.search_spaces.recipes": "search_spaces/recipes",
+CONFIG_PACKAGES = {"pocketnas.search_spaces": "search_spaces",
+                   "pocketnas.search_spaces.recipes": "search_spaces/recipes",
                    "pocketnas.train": "train", "pocketnas.eval": "eval"}
 
 setup(
@@ -41,7 +42,7 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx", "onnxruntime"],
-        "dev": ["pytest", "pytest-xdist", "onnx", "onnxruntime"],
+        "dev": ["pytest", "pytest-xdist", "onnx", "onnxruntime", "ruff"],
     },
     entry_points={"console_scripts": ["pocketnas=pocketnas.cli:main"]},
     classifiers=[

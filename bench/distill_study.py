@@ -158,7 +158,7 @@ def draw_views(data: str, out_png: str, indices=(3, 500, 2100), views: int = 7) 
     from PIL import Image
 
     from pocketnas.data.views import FaceViewAugment
-    from pocketnas.engine.sampling import open_face_dataset
+    from pocketnas.data.face_sets import open_face_dataset
 
     faces, aug = open_face_dataset(data), FaceViewAugment()
     rows = []

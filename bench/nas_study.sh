@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 15's study: the genotype DARTS derives on faces (two search seeds), the published pocketnet_casia, five
 # random genotypes and the two NASWOT picks, all at one parameter budget (+-5 %), each trained with two seeds under
-# one short recipe (pocketnas/train/nas_eval_cpu_56.yaml) and evaluated on LFW from its last checkpoint; and the
+# one short recipe (train/nas_eval_cpu_56.yaml) and evaluated on LFW from its last checkpoint; and the
 # same two searches with beta-DARTS's regulariser (search_beta_s0, _s1), for how far it steadies the derivation.
 # Every step is resumable or skipped when done: run it again after an interruption.
 #   DATA=../shared/data/celeba295 LFW=../shared/data/lfw/lfw.bin OUT=runs/nas_study bash bench/nas_study.sh

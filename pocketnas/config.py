@@ -159,7 +159,8 @@ def load_config(cls: Type[C], path: Optional[str] = None, overrides: Iterable[st
                 extra: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None,
                 packaged: Optional[str] = "train") -> C:
     """``cls`` from ``defaults``, then the YAML file ``path`` (optional: a file, or the name of a configuration
-    of kind ``packaged``, see :func:`packaged_yaml_dir`), then ``extra`` values (command-line options; None means not given), then
+    of kind ``packaged``, see :func:`packaged_yaml_dir`), then ``extra`` values (command-line options; None means
+    not given), then
     ``--set`` overrides: each later source wins."""
     data: Dict[str, Any] = dict(defaults or {})
     if path:

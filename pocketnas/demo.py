@@ -143,7 +143,8 @@ def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0) -> Dict[str, Any
 
     trained = TorchEmbedder(load(model_path))
     random_net = build("pocketnet", genotype=genotype_path, channels=8, layers=6, embedding_size=64)
-    calibrate_batchnorm(random_net, [normalize(FolderDataset(views["train"], train=False).batch_uint8(range(0, 280, 2)))])
+    faces = FolderDataset(views["train"], train=False).batch_uint8(range(0, 280, 2))
+    calibrate_batchnorm(random_net, [normalize(faces)])
     print("evaluate: verification on the 12 unseen people (300 pairs, 5 person-disjoint folds)")
     results = {}
     curves = {}

@@ -266,7 +266,8 @@ def genotype_agreement(a: "Genotype", b: "Genotype") -> Dict[str, Dict[str, floa
         for na, nb in zip(ca, cb):
             edges += sum((Counter(na) & Counter(nb)).values())
             inputs += sum((Counter(i for _, i in na) & Counter(i for _, i in nb)).values())
-        ops = sum((Counter(op for node in ca for op, _ in node) & Counter(op for node in cb for op, _ in node)).values())
+        shared = Counter(op for node in ca for op, _ in node) & Counter(op for node in cb for op, _ in node)
+        ops = sum(shared.values())
         out[cell] = {"edges": edges / total, "inputs": inputs / total, "ops": ops / total}
     out["both"] = {k: (out["normal"][k] + out["reduce"][k]) / 2 for k in ("edges", "inputs", "ops")}
     return out

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import pocketnas
 from pocketnas.data import orl_root
 from pocketnas.engine.imprint import class_centres
-from pocketnas.engine.sampling import open_face_dataset
+from pocketnas.data.face_sets import open_face_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import torch
 import pocketnas
 from pocketnas.cli import main
 from pocketnas.data import orl_root
-from pocketnas.engine.nas_eval import (Entry, face_batch, format_table, kendall_p, kendall_tau, load_entries,
-                                       nas_eval, parse_shard)
+from pocketnas.engine.nas_eval import Entry, format_table, load_entries, nas_eval, parse_shard
+from pocketnas.metrics.ranking import kendall_p, kendall_tau
+from pocketnas.nas.baselines import face_batch
 from pocketnas.errors import InputError
 from pocketnas.genotype import PUBLISHED, Genotype
 from pocketnas.nas.random_search import Budget, random_genotype, sample_genotypes
@@ -110,9 +111,14 @@ def test_a_search_folder_says_whether_beta_darts_made_it(tmp_path):
         (tmp_path / name / "genotype.json").write_text(PUBLISHED["pocketnet_casia"].to_json())
         if cfg:
             (tmp_path / name / "config.yaml").write_text(cfg)
-    entries = load_entries([str(tmp_path / n / "genotype.json") for n in ("plain", "beta", "bare")])
+    # a genotype file that carries its search's record needs no config.yaml beside it (nor is fooled by one)
+    (tmp_path / "recorded").mkdir()
+    (tmp_path / "recorded" / "genotype.json").write_text(json.dumps(
+        {"genotype": PUBLISHED["pocketnet_casia"].to_dict(), "search": {"method": "darts", "beta_decay": 50.0}}))
+    (tmp_path / "recorded" / "config.yaml").write_text("beta_decay: 0.0\n")
+    entries = load_entries([str(tmp_path / n / "genotype.json") for n in ("plain", "beta", "bare", "recorded")])
     assert [(e.name, e.source) for e in entries] == [("plain", "searched"), ("beta", "searched (beta-DARTS)"),
-                                                     ("bare", "searched")]
+                                                     ("bare", "searched"), ("recorded", "searched (beta-DARTS)")]
 
 
 @pytest.mark.slow
@@ -143,8 +149,8 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
         a = r["accuracy"]["orl"]
         assert len(a["per_seed"]) == 2 and 0.4 < a["mean"] <= 1 and r["params"] > 1000
         assert len(r["auc"]["orl"]["per_seed"]) == 2 and 0 < r["auc"]["orl"]["mean"] <= 1
-        assert r["eer"]["orl"]["per_seed"] == [json.loads((tmp_path / r["name"] / f"seed_{k}" / "eval.json").read_text())
-                                              ["orl"]["eer"] for k in (0, 1)]
+        per_seed = [json.loads((tmp_path / r["name"] / f"seed_{k}" / "eval.json").read_text()) for k in (0, 1)]
+        assert r["eer"]["orl"]["per_seed"] == [e["orl"]["eer"] for e in per_seed]
     # every entry is scored by every proxy under one setting (the recipe's network), whatever it came with
     assert set(report["kendall_tau"]) == set(report["kendall_tau_auc"]) == {"grad_norm", "naswot", "synflow"}
     rank = [r["scores"]["naswot"] for r in report["rows"]], [r["auc"]["orl"]["mean"] for r in report["rows"]]

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def tiny(*extra, space="pocketnet"):
 
 def test_space_files_validate(tmp_path):
     for name in ("pocketnet", "darts"):
-        space = load_space(os.path.join(REPO, "pocketnas", "search_spaces", f"{name}.yaml"))
+        space = load_space(os.path.join(REPO, "search_spaces", f"{name}.yaml"))
         assert len(space.operations) == 8 and space.nodes == 4 and space.edges_per_cell == 14
     (tmp_path / "bad.yaml").write_text("name: x\noperations: [max_pool_3x3, dw_conv_9x9]\n")
     with pytest.raises(SearchSpaceError, match=r"bad.yaml: operations\[1\]: unknown operation 'dw_conv_9x9'"):
@@ -99,6 +100,8 @@ def test_first_order_alphas_get_gradients_and_move(tmp_path):
     after = searcher.model.alphas()
     assert all(not torch.equal(b, a) for b, a in zip(before, after))
     g = Genotype.from_json(str(tmp_path / "genotype.json"))
+    record = json.loads((tmp_path / "genotype.json").read_text())["search"]  # how it was found travels with it
+    assert record["method"] == "darts" and record["space"] == "pocketnet" and record["seed"] == 0
     net = pocketnas.create_model("pocketnet", genotype=g, channels=4, layers=3).eval()
     assert net(torch.randn(1, 3, 112, 112)).shape == (1, 128)
     assert (tmp_path / "cells" / "final_normal.png").exists() and (tmp_path / "cells" / "epoch_002_reduce.png").exists()
@@ -338,7 +341,7 @@ def test_search_config_errors():
 def test_search_command(tmp_path, capsys):
     from pocketnas.cli import main
 
-    args = ["search", "--space", os.path.join(REPO, "pocketnas", "search_spaces", "pocketnet.yaml"), "--data", orl_root(),
+    args = ["search", "--space", os.path.join(REPO, "search_spaces", "pocketnet.yaml"), "--data", orl_root(),
             "--out", str(tmp_path)] + [a for s in TINY for a in ("--set", s)]
     assert main(args + ["--set", "epochs=1"]) == 0
     assert "alpha entropy" in capsys.readouterr().out
@@ -390,3 +393,21 @@ def test_mixed_op_folds_its_weights_into_batchnorm_exactly(space_name):
         assert len(results[0]) == len(results[1]) > 3
         for a, b in zip(*results):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), (channels, stride)
+
+
+def test_a_space_does_not_choose_the_frame(tmp_path):
+    # issue 40: keys that were validated and then ignored are refused, saying what the frame is
+    from pocketnas.nas.space import SearchSpaceError
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\noperations: [dw_conv_3x3, skip_connect]\nreductions: pocketnet\n")
+    with pytest.raises(SearchSpaceError, match="'reductions' is not a space's choice"):
+        load_space(str(path))
+
+
+def test_the_search_loss_names_say_what_they_are():
+    # "linear" is the search's plain classifier; "softmax" is the registered normalised softmax, as in training
+    assert tiny().loss == "linear"
+    assert tiny("loss=softmax").loss == "softmax"
+    with pytest.raises(ConfigError, match="loss must be linear .* or a margin"):
+        tiny("loss=bogus")

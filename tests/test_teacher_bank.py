@@ -11,7 +11,8 @@ import pocketnas
 from pocketnas.cli import main
 from pocketnas.data import orl_root
 from pocketnas.data.views import FaceViewAugment
-from pocketnas.engine.sampling import TrainSamples, open_face_dataset
+from pocketnas.data.face_sets import open_face_dataset
+from pocketnas.engine.sampling import TrainSamples
 from pocketnas.engine.teacher_bank import TeacherBank, TeacherBankError, build_teacher_bank, read_manifest
 from pocketnas.engine.teachers import build_fixed_teacher
 from pocketnas.engine.trainer import train

@@ -80,7 +80,8 @@ def _cmd_genotype(args: argparse.Namespace) -> int:
 
         other = get_genotype(args.compare).validate()
         agreement = genotype_agreement(genotype, other)
-        print(f"{'cell':<8}{'same edges':>12}{'same inputs':>13}{'same ops':>10}   ({args.spec} against {args.compare})")
+        print(f"{'cell':<8}{'same edges':>12}{'same inputs':>13}{'same ops':>10}   "
+              f"({args.spec} against {args.compare})")
         for cell, r in agreement.items():
             print(f"{cell:<8}{r['edges']:>12.0%}{r['inputs']:>13.0%}{r['ops']:>10.0%}")
         if args.json:
@@ -361,6 +362,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 CELL_PNGS = ("normal.png", "reduce.png")
+RUN_OVERWRITE_HELP = "replace a previous run in OUT (what pocketnas wrote there)"
 PACK_FILES = ("train.rec", "train.idx", "property", "identities.txt")
 
 
@@ -646,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
                    "of refusing the data")
-    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    s.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     s.add_argument("--method", choices=SEARCH_METHODS.names(), default="darts",
                    help="darts (default); random: genotypes drawn uniformly in the budget window; zero-cost: the "
                         "best of --candidates random genotypes by a training-free proxy")
@@ -703,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.pt")
     s.add_argument("--skip-bad", action="store_true", help="leave damaged records out (counted in the log) instead "
                    "of refusing the data")
-    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    s.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     s.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     declare(s, CommandIO(inputs=("data", "teacher", "genotype"), must_exist=("data",), run_folder="out"),
             overwrite=False)
@@ -808,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rates", nargs="+", type=compression_rate, default=[2, 4, 8, 16],
                    help="(--sweep) compression rates to compare (default 2 4 8 16)")
     s.add_argument("--no-export", action="store_true", help="skip the ONNX export and its cost")
-    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    s.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="fine-tuning settings (train config keys)")
     declare(s, CommandIO(inputs=("model", "data", "bin", "teacher", "head"), must_exist=("data", "bin"),
                          run_folder="out"), overwrite=False)
@@ -882,7 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
     s.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     s.add_argument("--no-pipeline", action="store_true", help="only build/verify/cost, no search-train-evaluate")
-    s.add_argument("--overwrite", action="store_true", help="replace a previous run in OUT (what pocketnas wrote there)")
+    s.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     declare(s, CommandIO(run_folder="out"), overwrite=False)
     s.set_defaults(func=_cmd_demo)
     return p

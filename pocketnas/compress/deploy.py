@@ -29,7 +29,7 @@ def face_crops(path: Optional[str], count: int = 256, size: int = 112, seed: int
     """Up to ``count`` real face crops (uint8 N x 3 x S x S) from a folder, RecordIO pack or .bin; the bundled ORL
     faces when ``path`` is None."""
     from ..data.bundled import orl_root
-    from ..engine.sampling import open_face_dataset
+    from ..data.face_sets import open_face_dataset
 
     path = path or orl_root()
     if path.endswith(".bin"):
@@ -149,13 +149,13 @@ def quantize_int8(fp32_path: str, out_path: str, calib: Optional[np.ndarray], no
 
 
 def onnx_file_latency(path: str, threads: int, repeats: int = 30) -> float:
-    from ..evaluation.cost import _median_seconds
+    from ..evaluation.cost import median_seconds
 
     session = cpu_session(path, threads)
     inp = session.get_inputs()[0]
     size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 112
     x = np.random.rand(1, 3, size, size).astype(np.float32)
-    return 1000 * _median_seconds(lambda: session.run(None, {inp.name: x}), 5, repeats)
+    return 1000 * median_seconds(lambda: session.run(None, {inp.name: x}), 5, repeats)
 
 
 def file_cost(path: str) -> Dict[str, Any]:

@@ -134,7 +134,8 @@ def sparsity(model: nn.Module) -> SparsityReport:
         total += p.numel()
         total_nz += int((p != 0).sum())
     dense_kinds = sorted({type(m).__name__ for m in model.modules()
-                          if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, (nn.Conv2d, nn.Linear))})
+                          if any(True for _ in m.parameters(recurse=False))
+                          and not isinstance(m, (nn.Conv2d, nn.Linear))})
     return SparsityReport(prunable, nonzero, total, total_nz, per_layer, dense_kinds)
 
 

@@ -39,7 +39,7 @@ def verification_accuracy(model: nn.Module, bin_path: Optional[str]) -> Optional
 def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, batch_size: int = 32,
                      seed: int = 0):
     """A few labelled, normalised batches of faces for gradient-based importance scores."""
-    from ..engine.sampling import open_face_dataset
+    from ..data.face_sets import open_face_dataset
 
     faces = open_face_dataset(data, input_size)
     rng = np.random.default_rng(seed)
@@ -125,9 +125,9 @@ def _prune_one(model, method, rate, data, out_dir, finetune_epochs, teacher, bin
 
 def checkpoint_recipe(spec: str) -> Optional[Dict[str, Any]]:
     """The training recipe (loss, margin) recorded in a pocketnas checkpoint by ``pocketnas train``, if any."""
-    from ..models.checkpoint import _torch_load, is_pocketnas_checkpoint
+    from ..models.checkpoint import load_weights_file, is_pocketnas_checkpoint
 
-    obj = _torch_load(spec) if os.path.isfile(spec) else None
+    obj = load_weights_file(spec) if os.path.isfile(spec) else None
     if not is_pocketnas_checkpoint(obj):
         return None
     recipe = (obj.get("meta") or {}).get("recipe")
@@ -170,7 +170,7 @@ def sweep(model: nn.Module, methods: Sequence[str], rates: Sequence[float], data
 
 def _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_path, finetune_overrides, export,
            recipe, head, overwrite) -> List[Dict[str, Any]]:
-    from ..evaluation.plots import _plt, _save
+    from ..evaluation.plots import pyplot, save_figure
 
     unpruned: Dict[str, Any] = {}
     if export:
@@ -221,7 +221,7 @@ def _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_p
     with open(os.path.join(out_dir, "sweep.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     if bin_path:
-        plt = _plt()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
         for method in methods:
             pts = [(r["rate"], 100 * r["accuracy_final"]) for r in rows if r["method"] == method]
@@ -233,7 +233,7 @@ def _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_p
         ax.set_ylabel(f"{os.path.splitext(os.path.basename(bin_path))[0]} accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        _save(fig, os.path.join(out_dir, "sweep.png"))
+        save_figure(fig, os.path.join(out_dir, "sweep.png"))
     return rows
 
 

@@ -158,7 +158,8 @@ class RecordDataset(Dataset):
             return -1
         value = float(label[0]) if isinstance(label, np.ndarray) else float(label)
         if not value.is_integer() or not 0 <= value < self.num_classes:
-            raise DataFormatError(f"{self._where(key)}: label {value} is not a class index in 0..{self.num_classes - 1}")
+            raise DataFormatError(f"{self._where(key)}: label {value} is not a class index in "
+                                  f"0..{self.num_classes - 1}")
         return int(value)
 
     def fingerprint(self) -> str:

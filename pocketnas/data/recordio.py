@@ -88,7 +88,8 @@ def read_index(path: str) -> Tuple[np.ndarray, np.ndarray]:
     if (counts > 1).any():
         k = int(uniq[counts > 1][0])
         lines_of = (np.flatnonzero(keys == k) + 1).tolist()
-        raise DataFormatError(f"{path}: key {k} appears {len(lines_of)} times (lines {', '.join(map(str, lines_of[:5]))}"
+        raise DataFormatError(f"{path}: key {k} appears {len(lines_of)} times "
+                              f"(lines {', '.join(map(str, lines_of[:5]))}"
                               f"); one record would silently replace another: rebuild the index (delete it and "
                               f"pocketnas rebuilds it by scanning the .rec)")
     return keys, table[:, 1].copy()

@@ -1,100 +1,33 @@
-"""Honest architecture evaluation: baseline searchers (random, zero-cost) and ``pocketnas nas-eval``, which trains a
-list of genotypes under one recipe with several seeds, evaluates each on ``.bin`` sets and reports mean +- std,
-an accuracy-against-parameters plot with error bars, and the rank correlation between each training-free proxy
-and trained accuracy (Kendall's tau-b). Resumable: finished runs are read back, an interrupted one resumes.
+"""Honest architecture evaluation: ``pocketnas nas-eval`` trains a list of genotypes under one recipe with several
+seeds, evaluates each on ``.bin`` sets and reports mean +- std, an accuracy-against-parameters plot with error
+bars, and the rank correlation between each training-free proxy and trained accuracy (Kendall's tau-b,
+:mod:`pocketnas.metrics.ranking`). Resumable: finished runs are read back, an interrupted one resumes. The baseline
+searchers it compares against: :mod:`pocketnas.nas.baselines`.
 
 Why: searched cells often fail to beat their space's random architectures at equal size (Li and Talwalkar, UAI
 2019; Yang et al., ICLR 2020; Sciuto et al., 2019); a NAS result needs that comparison, with error bars.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
+from ..atomic import atomic_write
 from ..errors import InputError, MissingFileError
 from ..jsonfile import read_json_object, require
 from ..genotype import PUBLISHED, Genotype, get_genotype
 from ..metrics.verification import COLLAPSE_WARNING
-from ..nas.random_search import Budget, sample_genotypes
-from ..nas.space import SearchSpace
-from ..nas.zero_cost import PROXIES, rank_genotypes, top_k
+from ..metrics.ranking import kendall_p, kendall_tau
+from ..nas.baselines import CANDIDATES, face_batch
+from ..nas.zero_cost import PROXIES, rank_genotypes
 
 logger = logging.getLogger(__name__)
 
-CANDIDATES = "candidates.json"
-
-
-def face_batch(data: str, count: int = 64, size: int = 56, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``count`` faces of ``data`` drawn with ``seed`` (normalised, size x size) and their labels: what the
-    zero-cost proxies score a network on."""
-    from ..data.transforms import fit_size, normalize
-    from .sampling import open_face_dataset
-
-    faces = open_face_dataset(data, 112)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(faces), size=min(count, len(faces)), replace=False))
-    pairs = [faces.sample_uint8(int(i)) for i in idx]
-    images = torch.stack([torch.from_numpy(np.ascontiguousarray(img)) for img, _ in pairs])
-    labels = torch.tensor([int(label) for _, label in pairs])
-    return normalize(fit_size(images, size)), labels
-
-
-def _write_candidates(out_dir: str, method: str, entries: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    for e in entries:
-        with open(os.path.join(out_dir, f"{e['name']}.json"), "w", encoding="utf-8") as f:
-            f.write(get_genotype(e["genotype"]).to_json())
-    path = os.path.join(out_dir, CANDIDATES)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"method": method, "settings": settings, "entries": entries}, f, indent=1)
-    os.replace(tmp, path)
-    return path
-
-
-def random_search(space: SearchSpace, out_dir: str, count: int, seed: int, budget: Optional[Budget]) -> str:
-    """``count`` random genotypes of ``space`` in the budget window, written as ``random_NN.json`` and
-    ``candidates.json``."""
-    found = sample_genotypes(space, count, seed, budget)
-    entries = [{"name": f"random_{i:02d}", "source": "random", "genotype": g.to_dict(),
-                "cost": cost, "scores": {}} for i, (g, cost) in enumerate(found)]
-    return _write_candidates(out_dir, "random", entries, {"space": space.name, "count": count, "seed": seed,
-                                                          "budget": budget.__dict__ if budget else None})
-
-
-def zero_cost_search(space: SearchSpace, out_dir: str, data: str, candidates: int, top: int, proxy: str,
-                     seed: int, budget: Optional[Budget], input_size: int = 56, batch: int = 64,
-                     proxies: Optional[Sequence[str]] = None, progress: bool = True) -> str:
-    """Score ``candidates`` random genotypes with every proxy on one batch of faces of ``data``; keep the ``top``
-    by ``proxy`` as ``zc_NN.json``. ``candidates.json`` holds every candidate's scores (for the rank
-    correlations of ``nas-eval``)."""
-    proxies = PROXIES.names() if proxies is None else proxies
-    if proxy not in proxies:
-        proxies = tuple(proxies) + (proxy,)
-    found = sample_genotypes(space, candidates, seed, budget)
-    images, labels = face_batch(data, batch, input_size, seed)
-    build = {"channels": budget.channels if budget else 16, "layers": budget.layers if budget else 18,
-             "embedding_size": budget.embedding_size if budget else 128, "seed": seed, "act": space.activation}
-    scores = rank_genotypes([g for g, _ in found], images, labels, proxies, progress=progress, **build)
-    best = top_k(scores, proxy, top)
-    entries = [{"name": f"zc_{rank:02d}", "source": f"zero-cost ({proxy})", "genotype": found[i][0].to_dict(),
-                "cost": found[i][1], "scores": scores[i], "candidate": i} for rank, i in enumerate(best)]
-    every = [{"genotype": g.to_dict(), "cost": c, "scores": s} for (g, c), s in zip(found, scores)]
-    path = _write_candidates(out_dir, "zero-cost", entries, {"space": space.name, "candidates": candidates,
-                                                             "top": top, "proxy": proxy, "seed": seed,
-                                                             "input_size": input_size, "batch": batch,
-                                                             "budget": budget.__dict__ if budget else None})
-    with open(os.path.join(out_dir, "all_candidates.json"), "w", encoding="utf-8") as f:
-        json.dump(every, f)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -107,9 +40,16 @@ class Entry:
 
 
 def _search_source(genotype_path: str) -> str:
-    """``searched``, or ``searched (beta-DARTS)`` when the search's own config.yaml beside the genotype used it."""
+    """``searched``, or ``searched (beta-DARTS)`` when the search that wrote the genotype used it: read from the
+    record the genotype file carries (``{"genotype": ..., "search": {...}}``); files written before it had one
+    fall back to the search's config.yaml beside them."""
     import yaml
 
+    from ..jsonfile import read_json_object
+
+    record = read_json_object(genotype_path, "genotype file").get("search")
+    if isinstance(record, dict):
+        return "searched (beta-DARTS)" if float(record.get("beta_decay") or 0) > 0 else "searched"
     cfg_path = os.path.join(os.path.dirname(os.path.abspath(genotype_path)), "config.yaml")
     try:
         with open(cfg_path, encoding="utf-8") as f:
@@ -155,43 +95,6 @@ def load_entries(specs: Sequence[str]) -> List[Entry]:
     return out
 
 
-def _pair_signs(v: np.ndarray) -> np.ndarray:
-    """sign(v_i - v_j) over the pairs i < j (0 for a tie), in ``np.triu_indices`` order; ``v`` may carry leading
-    batch dimensions (one row per ordering)."""
-    i, j = np.triu_indices(v.shape[-1], 1)
-    return np.sign(v[..., i] - v[..., j])
-
-
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either ranking accounted for); nan for fewer than two distinct pairs:
-    (concordant - discordant) / sqrt(pairs untied in x * pairs untied in y)."""
-    sx, sy = _pair_signs(np.asarray(x, float)), _pair_signs(np.asarray(y, float))
-    denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
-    return float(sx @ sy) / denom if denom else float("nan")
-
-
-def kendall_p(x: Sequence[float], y: Sequence[float], permutations: int = 20000, seed: int = 0) -> float:
-    """Two-sided permutation p-value of Kendall's tau-b between ``x`` and ``y``: the share of orderings of ``y``
-    whose tau is at least as far from zero as the observed one (the null of no association). Every ordering is
-    enumerated up to 8 values; beyond, ``permutations`` seeded draws with the add-one correction (Phipson and
-    Smyth, 2010). Permuting ``y`` keeps both rankings' ties, hence tau-b's denominator: only the numerator moves.
-    nan where tau is."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if math.isnan(kendall_tau(x, y)):
-        return float("nan")
-    sx = _pair_signs(x)
-    observed = abs(float(sx @ _pair_signs(y)))
-    n = len(x)
-    if n <= 8:
-        orders, exact = np.array(list(itertools.permutations(range(n)))), True
-    else:
-        rng = np.random.default_rng(seed)
-        orders, exact = np.stack([rng.permutation(n) for _ in range(permutations)]), False
-    extreme = sum(int(np.sum(np.abs(_pair_signs(y[chunk]) @ sx) >= observed - 1e-9))
-                  for chunk in np.array_split(orders, max(1, len(orders) // 4096)))
-    return extreme / len(orders) if exact else (extreme + 1) / (len(orders) + 1)
-
-
 def _model_cost(genotype: Genotype, cfg) -> Tuple[int, float]:
     from ..models import create_model
     from ..models.complexity import count_flops, count_parameters
@@ -216,14 +119,6 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file of this process (shards may write the same file)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _entry_scores(entry: Entry, folder: str, cfg, data: str, proxies: Sequence[str], batch: int = 64,
                   seed: int = 0) -> Dict[str, float]:
     """Every proxy's score of ``entry`` at initialisation, for the network the recipe trains (its width, depth,
@@ -244,7 +139,7 @@ def _entry_scores(entry: Entry, folder: str, cfg, data: str, proxies: Sequence[s
     images, labels = face_batch(data, batch, setting["input_size"], seed)
     build = {k: setting[k] for k in ("channels", "layers", "embedding_size", "act")}
     scores = rank_genotypes([entry.genotype], images, labels, proxies, progress=False, seed=seed, **build)[0]
-    _write_atomic(path, json.dumps({"setting": setting, "scores": scores}))
+    atomic_write(path, json.dumps({"setting": setting, "scores": scores}))
     return scores
 
 
@@ -296,7 +191,7 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
         gpath = os.path.join(folder, "genotype.json")
         text = e.genotype.to_json()
         if not os.path.isfile(gpath) or _read(gpath) != text:
-            _write_atomic(gpath, text)
+            atomic_write(gpath, text)
         plan += [(e, folder, gpath, seed, os.path.join(folder, f"seed_{seed}")) for seed in seeds]
     cfgs = {}
     for index, (e, folder, gpath, seed, run) in enumerate(plan):
@@ -310,7 +205,7 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
         # a folder without a checkpoint holds nothing to keep (a run killed before its first epoch ended)
         train(cfg, run, resume=resume, overwrite=not resume)
         result = _evaluate_run(run, bins, flip)
-        _write_atomic(done, json.dumps(result))
+        atomic_write(done, json.dumps(result))
     pending = [f"{e.name}/seed_{seed}" for e, _, _, seed, run in plan
                if not os.path.isfile(os.path.join(run, "eval.json"))]
     if pending:
@@ -350,8 +245,8 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
               "overrides": list(overrides), "proxies": list(proxies), "rows": rows,
               "kendall_tau": taus["accuracy"], "kendall_tau_auc": taus["auc"],
               "kendall_p": p_values["accuracy"], "kendall_p_auc": p_values["auc"]}
-    _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(report, indent=1))
-    _write_atomic(os.path.join(out_dir, "table.md"), format_table(report) + "\n")
+    atomic_write(os.path.join(out_dir, "results.json"), json.dumps(report, indent=1))
+    atomic_write(os.path.join(out_dir, "table.md"), format_table(report) + "\n")
     plot_accuracy_vs_params(report, os.path.join(out_dir, "accuracy_vs_params.png"))
     return report
 

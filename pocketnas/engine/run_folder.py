@@ -39,8 +39,8 @@ KINDS = {
                "unpruned")),
 }
 
-RESUMABLE = ("train", "search")
-SETUP_FILES = ("config.yaml", "tb")  # written before a run's first result; removed when its set-up fails  # the commands that take --resume (demo and prune start over)
+RESUMABLE = ("train", "search")  # the commands that take --resume (demo and prune start over)
+SETUP_FILES = ("config.yaml", "tb")  # written before a run's first result; removed when its set-up fails
 
 
 class RunFolderError(ConfigError):

@@ -3,7 +3,6 @@ processes like DistributedSampler, and horizontal flips decided by (seed, epoch,
 worker happens to load an image."""
 from __future__ import annotations
 
-import os
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -11,23 +10,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError
-
-
-def open_face_dataset(path: str, size: int = 112, labelled: bool = True, skip_bad: bool = False):
-    """A RecordIO pack (folder with ``train.rec`` or a ``.rec``) or an image folder ``root/<identity>/<image>``.
-    ``labelled=False``: labels are not read (every label -1): a pack without identity records or ``property``, or
-    a folder of images at any depth, will do. Every image is checked up front (framing, label, format signature:
-    no decoding); ``skip_bad`` leaves damaged ones out (and counts them) instead of refusing the set."""
-    from ..data.folder import FolderDataset
-    from ..data.record_dataset import RecordDataset
-
-    if path.endswith(".rec") or os.path.isfile(os.path.join(path, "train.rec")):
-        faces = RecordDataset(path, train=False, size=size, labelled=labelled, skip_bad=skip_bad)
-    else:
-        faces = FolderDataset(path, train=False, size=size, labelled=labelled, skip_bad=skip_bad)
-    if not skip_bad:
-        faces.check_records()
-    return faces
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:

@@ -26,11 +26,12 @@ from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError, config_from_dict
 from ..errors import DivergedError, MissingFileError
+from ..atomic import atomic_write_json
 from ..data.transforms import normalize
 from ..genotype import Genotype
 from ..layers import use_torch_kernels
 from ..losses.heads import MarginHead
-from ..losses.margins import MARGINS, build_margin
+from ..losses.margins import MARGINS, build_margin, margin_kwargs
 from ..models.checkpoint import atomic_torch_save, check_finite_state, read_state
 from ..nas.architect import Architect, frozen
 from ..nas.beta_decay import beta_decay_loss, beta_decay_weight
@@ -43,7 +44,8 @@ from .precision import autocast, check_precision, float32_region, resolve_precis
 from .process import configure_process
 from .run import Run, run_to_end
 from .runlog import DETAIL
-from .sampling import EpochBatchSampler, TrainSamples, open_face_dataset
+from ..data.face_sets import open_face_dataset
+from .sampling import EpochBatchSampler, TrainSamples
 from .trainer import rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,9 @@ class SearchConfig:
     alpha_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     alpha_weight_decay: float = 1e-3
     order: str = "second"
-    loss: str = "softmax"                   # softmax (linear classifier) or a margin: arcface, cosface, combined
+    loss: str = "linear"                    # linear: a linear classifier + cross-entropy (DARTS's, PocketNet's search);
+    #                                         or a registered margin (arcface, cosface, combined, softmax: the
+    #                                         normalised softmax of training, scale only)
     margin_s: float = 64.0
     margin_m: Optional[float] = None
     # budget: the derived network's cost as a final PocketNet of final_channels x final_layers
@@ -110,8 +114,9 @@ class SearchConfig:
         if self.order not in ("first", "second"):
             raise ConfigError(f"{source}: order must be first or second, got {self.order!r}")
         check_precision(self.precision, source)
-        if self.loss != "softmax" and self.loss not in MARGINS:
-            raise ConfigError(f"{source}: loss must be softmax or one of {', '.join(MARGINS.names())}")
+        if self.loss != "linear" and self.loss not in MARGINS:
+            raise ConfigError(f"{source}: loss must be linear (a linear classifier) or a margin, one of "
+                              f"{', '.join(MARGINS.names())}")
         if not 0 < self.train_portion < 1:
             raise ConfigError(f"{source}: train_portion must lie in (0, 1), got {self.train_portion}")
         if self.partial_k < 1 or self.channels % self.partial_k:
@@ -248,7 +253,8 @@ class Searcher(Run):
             saved.precision = resolve_precision(saved.precision, self.env.device, saved.amp)
             if cfg.precision == "auto":  # a resumed search keeps the precision it ran in
                 cfg.precision = saved.precision
-            changed = [f.name for f in dataclasses.fields(SearchConfig) if getattr(saved, f.name) != getattr(cfg, f.name)
+            changed = [f.name for f in dataclasses.fields(SearchConfig)
+                       if getattr(saved, f.name) != getattr(cfg, f.name)
                        and f.name not in ("workers", "threads", "log_every", "stop_after_epochs", "epochs")]
             if changed:
                 raise ConfigError(f"--resume: {', '.join(changed)} differ from the checkpoint's search")
@@ -296,10 +302,10 @@ class Searcher(Run):
                             cfg.embedding_size, cfg.input_size, cfg.partial_k, skip_none=not cfg.plain)
         if cfg.plain:
             use_torch_kernels(supernet)
-        if cfg.loss == "softmax":
+        if cfg.loss == "linear":  # unnormalised logits, as DARTS and PocketNet's search
             head: nn.Module = nn.Linear(cfg.embedding_size, self.faces.num_classes)
         else:
-            kw = {"s": cfg.margin_s, **({"m": cfg.margin_m} if cfg.margin_m is not None else {})}
+            kw = margin_kwargs(cfg.loss, {"margin_s": cfg.margin_s, "margin_m": cfg.margin_m})
             head = MarginHead(cfg.embedding_size, self.faces.num_classes, build_margin(cfg.loss, **kw))
         self.model = SearchModel(supernet, head).to(env.device)
         self.channels_last = cfg.channels_last and not cfg.plain  # the plain formulation is NCHW
@@ -485,7 +491,8 @@ class Searcher(Run):
         probs = sn.op_probabilities()
         ops = list(self.space.operations)
         lines = [f"epoch {self.epoch}/{cfg.epochs} ({seconds:.0f} s): train loss {means['train_loss']:.4f} acc "
-                 f"{100 * means['train_acc']:.2f}%, val loss {means['val_loss']:.4f} acc {100 * means['val_acc']:.2f}%, "
+                 f"{100 * means['train_acc']:.2f}%, val loss {means['val_loss']:.4f} "
+                 f"acc {100 * means['val_acc']:.2f}%, "
                  f"alpha entropy {entropy:.4f}, skips in derived normal cell {raw_skips}, peak RSS "
                  f"{record['peak_rss_gb']:.2f} GB"]
         if self.cost_model is not None:
@@ -517,6 +524,13 @@ class Searcher(Run):
             atomic_torch_save(self._state(), os.path.join(self.out_dir, "checkpoint.pt"))
         dist_utils.barrier(self.env)
 
+    def _record(self) -> Dict[str, Any]:
+        """How the genotype was found, written with it (readers of genotype.json need no other file)."""
+        cfg = self.cfg
+        return {"method": "darts", "space": self.space.name, "order": cfg.order, "partial_k": cfg.partial_k,
+                "beta_decay": cfg.beta_decay, "loss": cfg.loss, "seed": cfg.seed, "epochs": cfg.epochs,
+                "budget_params": cfg.budget_params, "budget_flops": cfg.budget_flops}
+
     def _finish(self) -> None:
         sn = self.model.supernet
         final = self.history.get("final_genotype") or self.history["epochs"][-1]["genotype"]
@@ -525,10 +539,10 @@ class Searcher(Run):
         if not self.env.is_main:
             return
         g = Genotype.from_dict(final)
-        with open(os.path.join(self.out_dir, "genotype.json"), "w", encoding="utf-8") as f:
-            f.write(g.to_json() + "\n")
-        with open(os.path.join(self.out_dir, "best_genotype.json"), "w", encoding="utf-8") as f:
-            f.write(Genotype.from_dict(self.history["best_genotype"]).to_json() + "\n")
+        for name, genotype in (("genotype.json", g), ("best_genotype.json", Genotype.from_dict(self.history[
+                "best_genotype"]))):  # the genotype with how it was found (what nas-eval reports as its source)
+            atomic_write_json(os.path.join(self.out_dir, name), {"genotype": genotype.to_dict(),
+                                                                 "search": self._record()}, sort_keys=False)
         draw_genotype(g, os.path.join(self.out_dir, "cells"), "final_", "searched")
         logger.info("final genotype (genotype.json): %s", g.to_legacy())
         logger.info("alpha entropy %.4f -> %.4f (uniform: %.4f); best val acc %.2f%%",

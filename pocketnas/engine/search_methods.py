@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import InputError
 from ..registry import Registry
-from .nas_eval import CANDIDATES
+from ..nas.baselines import CANDIDATES
 from .search import SearchConfig
 
 
@@ -91,7 +91,7 @@ def _outcome(method: str, path: str, budget) -> SearchOutcome:
 @SEARCH_METHODS.register("random")
 def random(cfg: SearchConfig, out_dir: str, options: SearchOptions) -> SearchOutcome:
     from ..nas.space import load_space
-    from .nas_eval import random_search
+    from ..nas.baselines import random_search
 
     budget = budget_window(cfg, options.budget_tolerance)
     _claim_candidates(out_dir, "random", options.overwrite)
@@ -101,7 +101,7 @@ def random(cfg: SearchConfig, out_dir: str, options: SearchOptions) -> SearchOut
 @SEARCH_METHODS.register("zero-cost")
 def zero_cost(cfg: SearchConfig, out_dir: str, options: SearchOptions) -> SearchOutcome:
     from ..nas.space import load_space
-    from .nas_eval import zero_cost_search
+    from ..nas.baselines import zero_cost_search
 
     if not cfg.data:
         raise InputError("--method zero-cost scores networks on faces: give --data")

@@ -172,7 +172,7 @@ class _BlockWorker:
     def __init__(self, data: str, teacher: str, teacher_arch: Optional[str], input_norm: Optional[str],
                  view_size: int, view_seed: int, threads: int, labelled: bool, skip_bad: bool):
         from ..data.views import FaceViewAugment
-        from .sampling import open_face_dataset
+        from ..data.face_sets import open_face_dataset
         from .teachers import FixedTeacher, build_fixed_teacher
 
         self.faces = open_face_dataset(data, view_size, labelled=labelled, skip_bad=skip_bad)
@@ -222,7 +222,7 @@ def build_teacher_bank(out: str, data: str, teacher: str, views: int = 8, view_s
     threads. ``labelled=False`` lists the data as a run without labels does (a folder of images at any depth).
     Returns the manifest."""
     from ..data.views import FaceViewAugment
-    from .sampling import open_face_dataset
+    from ..data.face_sets import open_face_dataset
     from .teachers import build_fixed_teacher, teacher_fingerprint
 
     for name, value in (("views", views), ("threads", threads), ("block", block)):

@@ -35,7 +35,8 @@ from . import distributed as dist_utils
 from .precision import autocast, float32_region, needs_loss_scaling, resolve_precision
 from .process import configure_process
 from .run import Run, run_to_end
-from .sampling import EpochBatchSampler, TrainSamples, ViewBatches, open_face_dataset
+from ..data.face_sets import open_face_dataset
+from .sampling import EpochBatchSampler, TrainSamples, ViewBatches
 from .teacher_bank import TeacherBank, bank_is_complete, bank_key, build_teacher_bank
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
                        hint_layers_of, shared_cache_folder, teacher_fingerprint)
@@ -61,9 +62,9 @@ def load_backbone_weights(backbone: nn.Module, path: str, arch: str) -> None:
 def load_head_weights(head: MarginHead, path: str) -> None:
     """Start ``head`` from the class centres of a ``pocketnas train`` run's ``checkpoint.pt`` (fine-tuning a pruned
     network with a fresh, random head would push the backbone with meaningless gradients)."""
-    from ..models.checkpoint import CheckpointError, _torch_load
+    from ..models.checkpoint import CheckpointError, load_weights_file
 
-    state = _torch_load(path)
+    state = load_weights_file(path)
     model = state.get("model") if isinstance(state, dict) and state.get("format") == "pocketnas.train_state" else None
     if not isinstance(model, dict):
         raise CheckpointError(f"{path}: not a pocketnas training checkpoint (init_head needs a run's checkpoint.pt)")
@@ -249,7 +250,8 @@ class Trainer(Run):
         self.labelled = cfg.margin_weight > 0
         self.faces = open_face_dataset(cfg.data, self.view_size, labelled=self.labelled, skip_bad=cfg.skip_bad)
         if self.labelled and self.faces.num_classes < 2:
-            raise ConfigError(f"{cfg.data}: {self.faces.num_classes} identit{'y' if self.faces.num_classes == 1 else 'ies'}"
+            n = self.faces.num_classes
+            raise ConfigError(f"{cfg.data}: {n} identit{'y' if n == 1 else 'ies'}"
                               f": a margin loss needs at least two (or train on the teacher alone: margin_weight=0)")
         self.samples = TrainSamples(self.faces, flip=cfg.flip, seed=cfg.seed,
                                     augment=FaceViewAugment() if cfg.augment else None, view_bank=cfg.view_bank,
@@ -467,7 +469,8 @@ class Trainer(Run):
         if self.env.is_main:
             cfg = self.cfg
             training = {"data": os.path.basename(os.path.normpath(cfg.data)), "epochs": cfg.epochs,
-                        "kd": cfg.kd, "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
+                        "kd": cfg.kd,
+                        "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
                         "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight,
                         "precision": cfg.precision,
                         "init_backbone": os.path.basename(cfg.init_backbone) if cfg.init_backbone else None}

@@ -74,12 +74,12 @@ def onnx_timings(model: nn.Module, threads: int = 2, repeats: int = 20, batch: i
         session = cpu_session(path, threads)
         x1 = np.random.randn(1, 3, size, size).astype(np.float32)
         xb = np.random.randn(batch, 3, size, size).astype(np.float32)
-        lat = _median_seconds(lambda: session.run(None, {"data": x1}), 5, repeats)
-        thr = _median_seconds(lambda: session.run(None, {"data": xb}), 1, max(3, repeats // 5))
+        lat = median_seconds(lambda: session.run(None, {"data": x1}), 5, repeats)
+        thr = median_seconds(lambda: session.run(None, {"data": xb}), 1, max(3, repeats // 5))
     return {"onnx_latency_ms": 1000 * lat, "onnx_throughput_ips": batch / thr}
 
 
-def _median_seconds(fn, warmup: int, repeats: int) -> float:
+def median_seconds(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
     times = []

@@ -18,10 +18,10 @@ def recorded_threshold(spec: str, pretrained: Any = None) -> Optional[Tuple[floa
     ``meta["verification"]`` (written by training with ``val_bins`` and by ``pocketnas eval verify
     --record-threshold``), or a registered variant's shipped weights; None where nothing is recorded."""
     from ..models import is_model, model_cfg
-    from ..models.checkpoint import _torch_load, is_pocketnas_checkpoint, read_checkpoint
+    from ..models.checkpoint import load_weights_file, is_pocketnas_checkpoint, read_checkpoint
 
     if os.path.isfile(spec) and not spec.endswith(".onnx"):
-        if not is_pocketnas_checkpoint(_torch_load(spec)):  # a bare state dict records nothing
+        if not is_pocketnas_checkpoint(load_weights_file(spec)):  # a bare state dict records nothing
             return None
         meta = read_checkpoint(spec).get("meta", {})  # a damaged header or threshold is an error, not "none"
         v = meta.get("verification")

@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -15,19 +15,19 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
     from ..atomic import atomic_savefig
 
     fig.tight_layout()
     atomic_savefig(fig, path)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def _curves(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str, det: bool) -> str:
     """ROC (TAR against FAR) or DET (FRR against FAR) curves on log axes; a curve with nothing to show on them (a
     perfectly separable set) is named in the picture instead of breaking the plot."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
     drawn = 0
     for name, (fpr, tpr) in curves.items():
@@ -51,7 +51,7 @@ def _curves(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: 
         ax.set_ylim(0, 1.01)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title: str = "ROC") -> str:
@@ -66,7 +66,7 @@ def plot_det(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str, title:
 
 def plot_tradeoff(points: Sequence[Dict[str, object]], path: str, metric_label: str = "LFW accuracy (%)") -> str:
     """Accuracy against parameters and against MFLOPs (log scales), one labelled point per model."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
     for ax, key, label in ((axes[0], "params", "parameters (M)"), (axes[1], "mflops", "MFLOPs")):
         for p in points:
@@ -79,7 +79,7 @@ def plot_tradeoff(points: Sequence[Dict[str, object]], path: str, metric_label: 
         ax.set_ylabel(metric_label)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle("accuracy against cost")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_of(result: Dict[str, object]) -> Tuple[List[float], List[float]]:

@@ -37,7 +37,7 @@ def onnx_file_cost(path: str, threads: int = 2, latency: bool = True) -> Dict[st
     import onnx
 
     from ..onnx_runtime import cpu_session
-    from .cost import _median_seconds
+    from .cost import median_seconds
 
     proto = onnx.load(path)
     params = int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer))
@@ -49,9 +49,9 @@ def onnx_file_cost(path: str, threads: int = 2, latency: bool = True) -> Dict[st
         size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 112
         x1 = np.random.rand(1, 3, size, size).astype(np.float32)
         xb = np.random.rand(32, 3, size, size).astype(np.float32)
-        out["onnx_latency_ms"] = 1000 * _median_seconds(lambda: session.run(None, {inp.name: x1}), 3, 15)
+        out["onnx_latency_ms"] = 1000 * median_seconds(lambda: session.run(None, {inp.name: x1}), 3, 15)
         if not isinstance(inp.shape[0], int):
-            out["onnx_throughput_ips"] = 32 / _median_seconds(lambda: session.run(None, {inp.name: xb}), 1, 3)
+            out["onnx_throughput_ips"] = 32 / median_seconds(lambda: session.run(None, {inp.name: xb}), 1, 3)
         out["threads"] = threads
     return out
 
@@ -72,7 +72,8 @@ def verification_report(embedder: Embedder, path: str, teacher: Optional[Embedde
                             progress=progress, desc="embedding mirrors")
     t2 = time.perf_counter()
     report: Dict[str, Any] = {"set": os.path.splitext(os.path.basename(path))[0], "path": path,
-                              "no_flip": evaluate_pairs(plain, issame), "flip": evaluate_pairs(plain + mirrored, issame),
+                              "no_flip": evaluate_pairs(plain, issame),
+                              "flip": evaluate_pairs(plain + mirrored, issame),
                               "engine": getattr(embedder, "engine", "?"), "seconds_decode": t1 - t0,
                               "seconds_embed": t2 - t1}
     report["seconds_protocol"] = time.perf_counter() - t2

@@ -132,8 +132,8 @@ class PReLU(OwnKernel, nn.PReLU):
         self._init_switch()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.own_kernel and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and x.dim() >= 2
-                and eager_cpu(x)):
+        if (self.own_kernel and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                and x.dim() >= 2 and eager_cpu(x)):
             return _PReLUFunction.apply(x, self.weight)
         return F.prelu(x, self.weight)
 

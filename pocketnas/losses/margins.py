@@ -91,7 +91,8 @@ class CombinedMargin(nn.Module):
 
 @MARGINS.register("softmax")
 class NoMargin(nn.Module):
-    """Plain normalised softmax (scale only): the cross-entropy the search phase uses by default."""
+    """Normalised softmax (cosine logits times a scale, no margin). Not the search's default: that is an
+    unnormalised linear classifier (``loss: linear`` in a search recipe)."""
 
     def __init__(self, s: float = 64.0):
         super().__init__()

@@ -173,7 +173,7 @@ def save_release_state_dict(model: nn.Module, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-def _torch_load(path: str) -> Any:
+def load_weights_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.getsize(path) == 0:
@@ -213,7 +213,7 @@ def _first_line(e: BaseException) -> str:
 def read_state(path: str, expected_format: str, what: str) -> Dict[str, Any]:
     """A run's resumable state (``checkpoint.pt`` of train or search), refused with a message when it is empty,
     truncated, of another kind or not pocketnas's."""
-    obj = _torch_load(path)
+    obj = load_weights_file(path)
     found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
     if found != expected_format:
         raise CheckpointError(f"{path}: not a {what} (its format is {found!r}, expected {expected_format!r})")
@@ -227,7 +227,7 @@ def is_pocketnas_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
-def _plain_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
+def state_dict_of(obj: Any, path: str) -> Dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
@@ -243,7 +243,7 @@ def _plain_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """Read and verify a pocketnas checkpoint record (sha256 of the weights included)."""
     path = os.fspath(path)
-    obj = _torch_load(path)
+    obj = load_weights_file(path)
     if not is_pocketnas_checkpoint(obj):
         raise CheckpointError(f"{path}: not a pocketnas checkpoint (no architecture recorded)")
     check_header(obj, path)
@@ -253,7 +253,7 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     for key in ("arch", "kwargs", "state_dict", "weights_sha256"):
         if key not in obj:
             raise CheckpointError(f"{path}: pocketnas checkpoint lacks {key!r}")
-    state = _plain_state_dict(obj["state_dict"], path)
+    state = state_dict_of(obj["state_dict"], path)
     digest = weights_sha256(state)
     if digest != obj["weights_sha256"]:
         raise CheckpointError(f"{path}: weights sha256 {digest[:16]}... does not match the recorded "
@@ -292,14 +292,14 @@ def check_header(obj: Dict[str, Any], path: str) -> None:
 def read_weights(path: Any, expect_arch: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """State dict and recorded constructor kwargs from a pocketnas checkpoint or a bare state dict."""
     path = os.fspath(path)
-    obj = _torch_load(path)
+    obj = load_weights_file(path)
     if is_pocketnas_checkpoint(obj):
         record = read_checkpoint(path)
         if record["arch"] != expect_arch:
             logger.warning("%s holds a %s; loading its weights into %s", path, record["arch"], expect_arch)
             return record["state_dict"], {}
         return record["state_dict"], dict(record["kwargs"])
-    return _plain_state_dict(obj, path), {}
+    return state_dict_of(obj, path), {}
 
 
 def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Optional[str]:

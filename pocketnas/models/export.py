@@ -9,6 +9,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from ..outputs import staged_file
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17  # ONNX Runtime >= 1.12 runs it; the legacy exporter needs no onnxscript
@@ -122,20 +124,17 @@ def export_onnx(model: nn.Module, path: str, opset: int = DEFAULT_OPSET, input_n
     size = int(getattr(model, "input_size", 112))
     param = next(model.parameters())
     dummy = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
     try:
-        with warnings.catch_warnings():
+        with staged_file(path) as tmp, warnings.catch_warnings():  # the one atomic writer (pocketnas.outputs)
             warnings.simplefilter("ignore")  # tracer warnings about the input-size check
             torch.onnx.export(graph_model, (dummy,), tmp, dynamo=False, opset_version=opset, input_names=["data"],
                               output_names=["embedding"],
                               dynamic_axes={"data": {0: "batch"}, "embedding": {0: "batch"}})
-        proto = onnx.load(tmp)
-        for key, value in {**model_metadata(model, input_norm), **(metadata or {})}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, str(value)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
+            proto = onnx.load(tmp)
+            for key, value in {**model_metadata(model, input_norm), **(metadata or {})}.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, str(value)
+            onnx.save(proto, tmp)
     finally:
         model.train(was_training)
         if os.path.exists(tmp):

@@ -10,24 +10,33 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
-from .checkpoint import (CheckpointError, _plain_state_dict, _torch_load, file_digest, is_pocketnas_checkpoint,
+from .checkpoint import (CheckpointError, state_dict_of, load_weights_file, file_digest, is_pocketnas_checkpoint,
                          read_checkpoint, state_dict_mismatch)
-from .registry import _CFGS, _MODELS, is_model, list_models, model_cfg
+from .registry import is_model, list_models, model_builder, model_cfg
 from ..errors import MissingFileError
 
 logger = logging.getLogger(__name__)
 
 
 def create_model(name: str, pretrained: Any = None, **overrides: Any):
-    """Build registered model ``name``; ``overrides`` change its constructor arguments.
+    """Build the registered model ``name`` (see ``list_models()``).
 
-    ``pretrained`` may be a path to a pocketnas checkpoint (its recorded constructor arguments are used unless
-    overridden here), a path to an original release ``backbone.pth`` state dict, or ``True`` for the weights that
-    ship with the package (``model_cfg(name).pretrained``; sha256-checked). Loading never unpickles arbitrary objects (``weights_only=True``), and a
-    checkpoint of another architecture is refused with the missing/unexpected keys or the first shape mismatch.
+    Args:
+        name: a registry name, e.g. ``pocketnet_s_128``.
+        pretrained: None for fresh weights; ``True`` for the weights that ship with the package
+            (``model_cfg(name).pretrained``, sha256-checked, never downloaded); or a path to a pocketnas checkpoint
+            (its recorded constructor arguments apply unless overridden here) or to an original release
+            ``backbone.pth`` state dict.
+        **overrides: constructor arguments (``genotype``, ``embedding_size``, ``input_size``, ...).
+
+    Returns:
+        The ``nn.Module``, describing itself (``pocketnas_arch``, ``pocketnas_cfg``) for checkpoints and exports.
+
+    Loading never unpickles arbitrary objects (``weights_only=True``); a checkpoint of another architecture is
+    refused with the missing/unexpected keys or the first shape mismatch.
     """
-    builder = _MODELS.get(name)
-    cfg = _CFGS[name]
+    builder = model_builder(name)
+    cfg = model_cfg(name)
     state = None
     if pretrained is True:
         pretrained = registered_weights_path(name, cfg)
@@ -64,12 +73,12 @@ def matching_architectures(state: Mapping[str, torch.Tensor]) -> List[str]:
 def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
     """Rebuild a model from a pocketnas checkpoint alone, or from a bare state dict given its ``arch``."""
     path = os.fspath(path)
-    obj = _torch_load(path)
+    obj = load_weights_file(path)
     if is_pocketnas_checkpoint(obj):
         record = read_checkpoint(path)
         return create_model(arch or record["arch"], pretrained=path, **overrides).eval()
     if arch is None:
-        state = _plain_state_dict(obj, path)
+        state = state_dict_of(obj, path)
         fits = matching_architectures(state)
         hint = (f"its keys and shapes fit: {', '.join(fits)}" if fits
                 else "its keys and shapes fit no registered model with default settings")

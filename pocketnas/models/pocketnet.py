@@ -26,6 +26,27 @@ from .cells import SearchedCell
 PAPER = "Boutros et al., PocketNet, IEEE Access 2022 (arXiv 2108.10710)"
 
 
+def pocketnet_stem(channels: int) -> nn.Sequential:
+    """PocketNet's stem (and its supernet's): 3x3 conv, stride 2, BatchNorm."""
+    return nn.Sequential(nn.Conv2d(3, channels, 3, 2, 1, bias=False), nn.BatchNorm2d(channels))
+
+
+def pocketnet_tail(c_in: int, width: int, final_size: int, embedding_size: int, act: str) -> nn.Sequential:
+    """PocketNet's tail after the cells (MobileFaceNet's, Chen et al. 2018), for the final network and the
+    supernet alike: act, 1x1 conv to ``width``, BN, act, a global depthwise conv over the ``final_size`` map, BN,
+    1x1 conv to the embedding, BN."""
+    return nn.Sequential(
+        activation(act, c_in),
+        nn.Conv2d(c_in, width, 1, bias=False),
+        nn.BatchNorm2d(width),
+        activation(act, width),
+        nn.Conv2d(width, width, final_size, groups=width, bias=False),  # global depthwise conv over the final map
+        nn.BatchNorm2d(width),
+        nn.Conv2d(width, embedding_size, 1, bias=False),
+        nn.BatchNorm2d(embedding_size),
+    )
+
+
 def reduction_layers(layers: int):
     """Indices of the reduction cells: n//3, 2n//3 and n-1 (PocketNet's placement)."""
     return sorted({layers // 3, 2 * layers // 3, layers - 1})
@@ -59,7 +80,7 @@ class PocketNet(nn.Module):
         self.final_size = final_map_size(input_size, len(reductions))
 
         c_stem = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, 2, 1, bias=False), nn.BatchNorm2d(c_stem))
+        self.stem = pocketnet_stem(c_stem)
         c_pp, c_p, c_cur = c_stem, c_stem, channels
         self.cells = nn.ModuleList()
         reduction_prev = False
@@ -72,17 +93,7 @@ class PocketNet(nn.Module):
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.multiplier * c_cur
 
-        w = self.tail_width
-        self.tail = nn.Sequential(
-            activation(act, c_p),
-            nn.Conv2d(c_p, w, 1, bias=False),
-            nn.BatchNorm2d(w),
-            activation(act, w),
-            nn.Conv2d(w, w, self.final_size, groups=w, bias=False),  # global depthwise conv over the final map
-            nn.BatchNorm2d(w),
-            nn.Conv2d(w, embedding_size, 1, bias=False),
-            nn.BatchNorm2d(embedding_size),
-        )
+        self.tail = pocketnet_tail(c_p, self.tail_width, self.final_size, embedding_size, act)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight)

@@ -77,3 +77,8 @@ def model_cfg(name: str) -> ModelCfg:
 
 def is_model(name: str) -> bool:
     return name in _MODELS
+
+
+def model_builder(name: str) -> Callable[..., Any]:
+    """The registered function that builds ``name`` (an error listing close names if there is none)."""
+    return _MODELS.get(name)

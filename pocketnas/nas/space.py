@@ -12,9 +12,10 @@ import yaml
 from ..layers import ACTIVATIONS, OPS
 from ..errors import InputError, MissingFileError
 
-REDUCTION_RULES = ("pocketnet",)
-TAILS = ("mobilefacenet",)
-KEYS = ("name", "operations", "activation", "nodes", "inputs_per_node", "reductions", "tail", "defaults")
+KEYS = ("name", "operations", "activation", "nodes", "inputs_per_node", "defaults")
+# what a space does not choose: the network frame around its cells is PocketNet's (pocketnas.models.pocketnet:
+# reductions at n//3, 2n//3 and n-1, MobileFaceNet's tail), for the supernet and the final network alike
+FRAME_KEYS = ("reductions", "tail")
 
 
 class SearchSpaceError(InputError):
@@ -28,8 +29,6 @@ class SearchSpace:
     activation: str = "prelu"
     nodes: int = 4
     inputs_per_node: int = 2
-    reductions: str = "pocketnet"
-    tail: str = "mobilefacenet"
     defaults: Dict[str, Any] = field(default_factory=dict)
     path: str = ""
 
@@ -71,6 +70,9 @@ def load_space(spec: str) -> SearchSpace:
     if not isinstance(data, dict):
         raise SearchSpaceError(f"{path}: expected a mapping of keys to values")
     for key in data:
+        if key in FRAME_KEYS:
+            raise SearchSpaceError(f"{path}: {key!r} is not a space's choice: every space sits in PocketNet's frame "
+                                   f"(reductions at n//3, 2n//3 and n-1, MobileFaceNet's tail); remove the key")
         if key not in KEYS:
             close = difflib.get_close_matches(str(key), KEYS, n=2)
             raise SearchSpaceError(f"{path}: unknown key {key!r}" + (f"; did you mean {', '.join(close)}?"
@@ -94,14 +96,9 @@ def load_space(spec: str) -> SearchSpace:
             raise SearchSpaceError(f"{path}: {key} must be a positive integer, got {value!r}")
     if data.get("inputs_per_node", 2) > 2:
         raise SearchSpaceError(f"{path}: inputs_per_node must be 1 or 2 (the first node has only two inputs)")
-    if data.get("reductions", "pocketnet") not in REDUCTION_RULES:
-        raise SearchSpaceError(f"{path}: reductions must be one of {', '.join(REDUCTION_RULES)}")
-    if data.get("tail", "mobilefacenet") not in TAILS:
-        raise SearchSpaceError(f"{path}: tail must be one of {', '.join(TAILS)}")
     defaults = data.get("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise SearchSpaceError(f"{path}: defaults must be a mapping")
     return SearchSpace(name=str(data.get("name", os.path.splitext(os.path.basename(path))[0])),
                        operations=tuple(ops), activation=act, nodes=data.get("nodes", 4),
-                       inputs_per_node=data.get("inputs_per_node", 2), reductions=data.get("reductions", "pocketnet"),
-                       tail=data.get("tail", "mobilefacenet"), defaults=dict(defaults), path=path)
+                       inputs_per_node=data.get("inputs_per_node", 2), defaults=dict(defaults), path=path)

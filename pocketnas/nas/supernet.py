@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..models.pocketnet import final_map_size
+from ..models.pocketnet import final_map_size, pocketnet_stem, pocketnet_tail
 from ..genotype import Genotype
-from ..layers import activation, make_op, preprocess_op
+from ..layers import make_op, preprocess_op
 from .space import SearchSpace
 
 
@@ -117,7 +117,7 @@ class Supernet(nn.Module):
         reductions = space.reduction_layers(layers)
         self.reductions = reductions
         c_stem = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, 2, 1, bias=False), nn.BatchNorm2d(c_stem))
+        self.stem = pocketnet_stem(c_stem)  # the final network's own stem and tail: one definition
         c_pp, c_p, c_cur = c_stem, c_stem, channels
         self.cells = nn.ModuleList()
         self.cell_channels: List[int] = []
@@ -136,12 +136,7 @@ class Supernet(nn.Module):
             reduction_prev = reduction
             c_pp, c_p = c_p, space.nodes * c_cur
         self.final_size = size
-        act = space.activation
-        self.tail = nn.Sequential(
-            activation(act, c_p), nn.Conv2d(c_p, tail_width, 1, bias=False), nn.BatchNorm2d(tail_width),
-            activation(act, tail_width),
-            nn.Conv2d(tail_width, tail_width, size, groups=tail_width, bias=False), nn.BatchNorm2d(tail_width),
-            nn.Conv2d(tail_width, embedding_size, 1, bias=False), nn.BatchNorm2d(embedding_size))
+        self.tail = pocketnet_tail(c_p, tail_width, size, embedding_size, space.activation)
         n_edges, n_ops = space.edges_per_cell, len(space.operations)
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(n_edges, n_ops))
@@ -206,7 +201,8 @@ class Supernet(nn.Module):
 
     # -- derivation
     def op_probabilities(self) -> Dict[str, torch.Tensor]:
-        return {"normal": F.softmax(self.alpha_normal.detach(), -1), "reduce": F.softmax(self.alpha_reduce.detach(), -1)}
+        return {"normal": F.softmax(self.alpha_normal.detach(), -1),
+                "reduce": F.softmax(self.alpha_reduce.detach(), -1)}
 
     def genotype(self, max_skips: Optional[int] = None) -> Genotype:
         return derive_genotype(self.space, self.alpha_normal.detach(), self.alpha_reduce.detach(),
