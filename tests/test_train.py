@@ -303,3 +303,20 @@ def test_resume_with_new_milestones_follows_the_new_schedule_from_its_first_step
         assert [g["lr"] for g in unchanged.optimizer.param_groups] == pytest.approx([0.1] * 2)
     finally:
         unchanged.close()
+
+
+@pytest.mark.slow
+def test_distill_terms_are_the_kd_flags_in_a_list(tmp_path, tiny_teacher):
+    # issue 40: distillation configured as a list of {name, weight, ...} terms (torchdistill-style); the old
+    # flags stay and mean the same terms, step for step
+    teacher = os.path.join(tiny_teacher, "model.pt")
+    old = tiny(kd="embedding,rkd", teacher=teacher, kd_weight=10.0, rkd_weight=2.0, epochs=1, stop_after_steps=2)
+    new = tiny(distill=[{"name": "embedding", "weight": 10.0}, {"name": "rkd", "weight": 2.0}], teacher=teacher,
+               epochs=1, stop_after_steps=2)
+    assert old.distill_terms() == new.distill_terms()
+    train(old, str(tmp_path / "old"))
+    train(new, str(tmp_path / "new"))
+    _assert_same_state(_weights(tmp_path / "old")["model"], _weights(tmp_path / "new")["model"])
+    # a term's own arguments reach its loss; unknown ones are named
+    with pytest.raises(ConfigError, match="distillation term rkd: .*bogus"):
+        train(tiny(distill=[{"name": "rkd", "bogus": 1}], teacher=teacher, epochs=1), str(tmp_path / "bad"))

@@ -62,7 +62,11 @@ class TrainConfig:
     #                                         the starting network's embeddings of the training set (Qi et al. 2018)
     init_backbone: Optional[str] = None     # a pocketnas checkpoint of this arch: start the network from its weights
     # distillation
-    kd: Optional[str] = None                # comma-separated losses: embedding, rkd, sp, hint (multistep, feature)
+    distill: List[Dict[str, Any]] = field(default_factory=list)  # the distillation terms, torchdistill-style:
+    #                                         [{name: embedding, weight: 1000}, {name: sp, weight: 300}, ...];
+    #                                         other keys go to the loss (rkd: distance_weight, angle_weight)
+    kd: Optional[str] = None                # or, as before: comma-separated names (embedding, rkd, sp, hint;
+    #                                         multistep, feature) with their weights in kd_weight, rkd_weight, ...
     teacher: Optional[str] = None           # model spec, or (multistep) a teacher run folder
     teacher_arch: Optional[str] = None      # for a bare backbone.pth
     teacher_input_norm: Optional[str] = None  # for an ONNX teacher without pocketnas metadata
@@ -106,10 +110,11 @@ class TrainConfig:
         if multistep and (self.teacher_input_norm or self.teacher_arch):
             raise ConfigError(f"{source}: a multi-step teacher is a pocketnas run whose checkpoints record their own "
                               f"architecture and normalisation; drop teacher_input_norm / teacher_arch")
-        if self.kd and not self.teacher:
-            raise ConfigError(f"{source}: kd={self.kd} needs a teacher (--teacher or teacher: ...)")
+        if losses and not self.teacher:
+            raise ConfigError(f"{source}: distillation ({', '.join(losses)}) needs a teacher (--teacher or teacher: "
+                              f"...)")
         if "hint" in losses and not self.hint_layers:
-            raise ConfigError(f"{source}: kd={self.kd} needs hint_layers: [[student_module, teacher_module], ...]")
+            raise ConfigError(f"{source}: the hint loss needs hint_layers: [[student_module, teacher_module], ...]")
         if self.margin_weight < 0 or (self.margin_weight == 0 and not losses):
             raise ConfigError(f"{source}: margin_weight must be >= 0, and 0 needs a distillation loss (kd)")
         if self.kd_only_epochs and not (losses and 0 <= self.kd_only_epochs < self.epochs):
@@ -204,22 +209,39 @@ class TrainConfig:
                               f"{self.model_overrides() or 'its defaults'}: {msg}") from None
 
     def kd_plan(self, source: str = "config") -> Tuple[List[str], bool]:
-        """(distillation loss names, whether the teacher is multi-step) from ``kd``."""
+        """(distillation loss names, whether the teacher is multi-step) from ``distill`` or ``kd``."""
+        terms, multistep = self.distill_terms(source)
+        return [t["name"] for t in terms], multistep
+
+    def distill_terms(self, source: str = "config") -> Tuple[List[Dict[str, Any]], bool]:
+        """The distillation terms, each {name, weight, **the loss's own arguments}, and whether the teacher is
+        multi-step: from ``distill`` (a list of terms, as torchdistill configures its losses) or, as before, from
+        ``kd`` (names) with the weights in ``kd_weight``, ``rkd_weight``, ``sp_weight``, ``hint_weight``."""
         from ..losses.distill import DISTILL_LOSSES
 
-        if not self.kd:
-            return [], False
-        names = [t.strip() for t in str(self.kd).split(",") if t.strip()]
-        losses = []
-        for name in names:
-            loss = KD_ALIASES.get(name, name)
-            if loss not in DISTILL_LOSSES:
-                raise ConfigError(f"{source}: kd: unknown distillation loss {name!r} (known: "
+        if self.distill and self.kd:
+            raise ConfigError(f"{source}: give the distillation terms once: distill (a list of {{name, weight}}) or "
+                              f"kd (names), not both")
+        raw = list(self.distill) if self.distill else [
+            {"name": t.strip()} for t in str(self.kd or "").split(",") if t.strip()]
+        terms, multistep = [], False
+        for i, term in enumerate(raw):
+            where = f"{source}: distill[{i}]" if self.distill else f"{source}: kd"
+            if not isinstance(term, dict) or not isinstance(term.get("name"), str):
+                raise ConfigError(f"{where}: a term is a mapping with a name, e.g. {{name: embedding, weight: 100}}")
+            multistep |= term["name"] == "multistep"
+            name = KD_ALIASES.get(term["name"], term["name"])
+            if name not in DISTILL_LOSSES:
+                raise ConfigError(f"{where}: unknown distillation loss {term['name']!r} (known: "
                                   f"{', '.join(DISTILL_LOSSES.names())}; also multistep, feature)")
-            if loss in losses:
-                raise ConfigError(f"{source}: kd names {loss} twice")
-            losses.append(loss)
-        return losses, "multistep" in names
+            if any(t["name"] == name for t in terms):
+                raise ConfigError(f"{where}: names {name} twice")
+            weight = term.get("weight", getattr(self, DISTILL_LOSSES.get(name).weight_key))
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 \
+                    or weight == float("inf"):
+                raise ConfigError(f"{where}: weight of {name} must be a finite number >= 0, got {weight!r}")
+            terms.append({**{k: v for k, v in term.items() if k != "name"}, "name": name, "weight": float(weight)})
+        return terms, multistep
 
     def margin_kwargs(self) -> Dict[str, Any]:
         from ..losses.margins import margin_kwargs

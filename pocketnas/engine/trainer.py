@@ -164,8 +164,8 @@ class Trainer(Run):
             changed = {f.name for f in dataclasses.fields(TrainConfig)
                        if getattr(saved, f.name) != getattr(cfg, f.name)}
             order = changed & {"seed", "batch_size", "data", "flip", "max_batches_per_epoch", "arch", "genotype",
-                               "embedding_size", "kd", "teacher", "augment", "view_bank", "mixup_alpha", "view_size",
-                               "view_seed", "skip_bad"}
+                               "embedding_size", "kd", "distill", "teacher", "augment", "view_bank", "mixup_alpha",
+                               "view_size", "view_seed", "skip_bad"}
             if order:
                 raise ConfigError(f"--resume: {', '.join(sorted(order))} differ from the checkpoint's run; an exact "
                                   f"resume needs the same values")
@@ -279,20 +279,25 @@ class Trainer(Run):
                 self._init_head(cfg.init_head)
         self.kd_modules: Dict[str, nn.Module] = {}
         self.hint_names = None
-        for name in self.kd_losses:
+        terms = cfg.distill_terms()[0]
+        for term in terms:
+            name, weight = term["name"], term["weight"]
+            options = {k: v for k, v in term.items() if k not in ("name", "weight")}
             cls = DISTILL_LOSSES.get(name)
-            weight = getattr(cfg, cls.weight_key)
             if cls.inputs == "maps":
                 self.kd_modules[name] = self._hint_loss(cls, weight)
                 continue
-            module = cls(student_dim=emb_dim, teacher_dim=self.teacher.dim, weight=weight)
+            try:
+                module = cls(student_dim=emb_dim, teacher_dim=self.teacher.dim, weight=weight, **options)
+            except TypeError as e:
+                raise ConfigError(f"distillation term {name}: {e}") from None
             if getattr(module, "projection", None) is not None:
                 logger.info("student embedding %d-d, teacher %d-d: a learned linear projection maps the student's "
                             "embedding to the teacher's size for the %s loss", emb_dim, self.teacher.dim, name)
             self.kd_modules[name] = module
         if self.kd_losses:
             logger.info("distillation: %s (weights %s)%s", ", ".join(self.kd_losses),
-                        ", ".join(f"{getattr(cfg, DISTILL_LOSSES.get(n).weight_key):g}" for n in self.kd_losses),
+                        ", ".join(f"{t['weight']:g}" for t in terms),
                         "" if self.labelled else "; no margin loss (margin_weight=0)")
             if cfg.kd_only_epochs:
                 logger.info("the first %d epoch(s) train on the teacher alone, then the margin loss joins%s",
@@ -324,8 +329,8 @@ class Trainer(Run):
     def _hint_loss(self, cls, weight: float) -> nn.Module:
         teacher = getattr(self.teacher, "embedder", None)
         if not isinstance(teacher, TorchEmbedder):
-            raise ConfigError(f"kd={self.cfg.kd} (hint) needs a fixed PyTorch teacher (checkpoint or backbone): an "
-                              f"ONNX model does not expose its intermediate feature maps")
+            raise ConfigError("the hint loss needs a fixed PyTorch teacher (checkpoint or backbone): an "
+                              "ONNX model does not expose its intermediate feature maps")
         pairs = hint_layers_of(self.cfg.hint_layers)
         self.hint_names = [s for s, _ in pairs]
         t_model = teacher.model
@@ -469,7 +474,7 @@ class Trainer(Run):
         if self.env.is_main:
             cfg = self.cfg
             training = {"data": os.path.basename(os.path.normpath(cfg.data)), "epochs": cfg.epochs,
-                        "kd": cfg.kd,
+                        "kd": ",".join(cfg.kd_plan()[0]) or None,
                         "teacher": os.path.basename(os.path.normpath(cfg.teacher)) if cfg.teacher else None,
                         "augment": cfg.augment, "view_bank": cfg.view_bank, "margin_weight": cfg.margin_weight,
                         "precision": cfg.precision,
