@@ -71,7 +71,7 @@ def test_a_bf16_run_resumes_in_bf16_and_refuses_another_precision(tmp_path):
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     train(tiny(precision="bf16", compile="false"), whole)
     train(tiny(precision="bf16", compile="false", stop_after_steps=4), broken)
-    with pytest.raises(ConfigError, match="trained in bf16"):
+    with pytest.raises(ConfigError, match="ran in bf16"):
         train(tiny(precision="fp32", compile="false"), broken, resume=True)
     train(tiny(compile="false"), broken, resume=True)  # precision auto: the checkpoint's bf16
     a, b = _state(whole), _state(broken)

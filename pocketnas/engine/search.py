@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import random
 import resource
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,8 @@ from .run import Run, run_to_end
 from .runlog import DETAIL
 from ..data.face_sets import open_face_dataset
 from .sampling import EpochBatchSampler, TrainSamples
-from .trainer import rng_state, set_rng_state
+from .run_state import (SEARCH_STATE, STATE_VERSION, check_resume, keep_precision, rng_state, seed_everything,
+                        set_rng_state)
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,10 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+# a search is continued as it ran: only these may change on --resume (every other setting is fixed)
+SEARCH_FREE = ("workers", "threads", "log_every", "stop_after_epochs", "epochs")
+
+
 class Searcher(Run):
     kind = "search"
 
@@ -248,16 +252,10 @@ class Searcher(Run):
             path = os.path.join(out_dir, "checkpoint.pt")
             if not os.path.isfile(path):
                 raise MissingFileError(f"--resume: {path} does not exist")
-            state = read_state(path, "pocketnas.search_state", "pocketnas search checkpoint")
+            state = read_state(path, SEARCH_STATE, "pocketnas search checkpoint")
             saved = config_from_dict(SearchConfig, state["config"], f"{path} config")
-            saved.precision = resolve_precision(saved.precision, self.env.device, saved.amp)
-            if cfg.precision == "auto":  # a resumed search keeps the precision it ran in
-                cfg.precision = saved.precision
-            changed = [f.name for f in dataclasses.fields(SearchConfig)
-                       if getattr(saved, f.name) != getattr(cfg, f.name)
-                       and f.name not in ("workers", "threads", "log_every", "stop_after_epochs", "epochs")]
-            if changed:
-                raise ConfigError(f"--resume: {', '.join(changed)} differ from the checkpoint's search")
+            keep_precision(cfg, saved.precision, path, lambda p: resolve_precision(p, self.env.device, saved.amp))
+            check_resume(saved, cfg, path, fixed=None, free=SEARCH_FREE)
         requested = cfg.precision
         cfg.precision = resolve_precision(cfg.precision, self.env.device, cfg.amp)
         if cfg.precision == "fp16":  # the search steps have no loss scaling, which float16 needs
@@ -265,9 +263,7 @@ class Searcher(Run):
                 raise ConfigError("precision fp16 is for training (loss scaling); a search runs in bf16 or fp32")
             cfg.precision = "fp32"
         self._setup_logging()
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
+        seed_everything(cfg.seed)
         self._build()
         self.epoch = 0
         self.history: Dict[str, Any] = {"epochs": [], "best_val_acc": -1.0, "best_genotype": None,
@@ -375,7 +371,7 @@ class Searcher(Run):
 
     # ------------------------------------------------------------------ state
     def _state(self) -> Dict[str, Any]:
-        return {"format": "pocketnas.search_state", "format_version": 1, "config": dataclasses.asdict(self.cfg),
+        return {"format": SEARCH_STATE, "format_version": STATE_VERSION, "config": dataclasses.asdict(self.cfg),
                 "model": self.model.state_dict(), "w_optimizer": self.w_optim.state_dict(),
                 "alpha_optimizer": self.a_optim.state_dict(), "rng": rng_state(), "epoch": self.epoch,
                 "history": json.dumps(self.history), "world_size": self.env.world_size}

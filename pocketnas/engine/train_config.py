@@ -281,5 +281,7 @@ def load_train_config(config: Optional[str] = None, overrides: Sequence[str] = (
     defaults = None
     state_path = os.path.join(resume_from, "checkpoint.pt") if resume_from else ""
     if state_path and not config and os.path.isfile(state_path):
-        defaults = read_state(state_path, "pocketnas.train_state", "pocketnas training checkpoint")["config"]
+        from .run_state import TRAIN_STATE
+
+        defaults = read_state(state_path, TRAIN_STATE, "pocketnas training checkpoint")["config"]
     return load_config(TrainConfig, config, overrides, extra, defaults)

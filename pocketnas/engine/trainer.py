@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,7 +32,10 @@ from ..models.features import FeatureTap, feature_channels
 from . import distributed as dist_utils
 from .precision import autocast, float32_region, needs_loss_scaling, resolve_precision
 from .process import configure_process
+from .callbacks import STOP, Callback, default_callbacks
 from .run import Run, run_to_end
+from .run_state import (STATE_VERSION, TRAIN_STATE, check_resume, keep_precision, rng_state, seed_everything,
+                        set_rng_state)
 from ..data.face_sets import open_face_dataset
 from .sampling import EpochBatchSampler, TrainSamples, ViewBatches
 from .teacher_bank import TeacherBank, bank_is_complete, bank_key, build_teacher_bank
@@ -65,7 +66,7 @@ def load_head_weights(head: MarginHead, path: str) -> None:
     from ..models.checkpoint import CheckpointError, load_weights_file
 
     state = load_weights_file(path)
-    model = state.get("model") if isinstance(state, dict) and state.get("format") == "pocketnas.train_state" else None
+    model = state.get("model") if isinstance(state, dict) and state.get("format") == TRAIN_STATE else None
     if not isinstance(model, dict):
         raise CheckpointError(f"{path}: not a pocketnas training checkpoint (init_head needs a run's checkpoint.pt)")
     found = {k[len("head."):]: v for k, v in model.items() if k.startswith("head.")}
@@ -123,20 +124,10 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return factor
 
 
-def rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "numpy": torch.from_numpy(np.random.get_state()[1].copy())}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy(), 624, 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# what defines a training run (its data order, network, targets): equal on --resume; epochs, milestones, lr, threads
+# and the like may change (logged)
+TRAIN_FIXED = ("seed", "batch_size", "data", "flip", "max_batches_per_epoch", "arch", "genotype", "embedding_size",
+               "kd", "distill", "teacher", "augment", "view_bank", "mixup_alpha", "view_size", "view_seed", "skip_bad")
 
 
 class Trainer(Run):
@@ -159,37 +150,16 @@ class Trainer(Run):
         if resume:
             if not os.path.isfile(ckpt_path):
                 raise MissingFileError(f"--resume: {ckpt_path} does not exist")
-            self.resume_state = read_state(ckpt_path, "pocketnas.train_state", "pocketnas training checkpoint")
+            self.resume_state = read_state(ckpt_path, TRAIN_STATE, "pocketnas training checkpoint")
             saved = config_from_dict(TrainConfig, self.resume_state["config"], f"{ckpt_path} config")
-            changed = {f.name for f in dataclasses.fields(TrainConfig)
-                       if getattr(saved, f.name) != getattr(cfg, f.name)}
-            order = changed & {"seed", "batch_size", "data", "flip", "max_batches_per_epoch", "arch", "genotype",
-                               "embedding_size", "kd", "distill", "teacher", "augment", "view_bank", "mixup_alpha",
-                               "view_size", "view_seed", "skip_bad"}
-            if order:
-                raise ConfigError(f"--resume: {', '.join(sorted(order))} differ from the checkpoint's run; an exact "
-                                  f"resume needs the same values")
-            self._keep_precision(saved.precision, ckpt_path)
-            changed.discard("precision")
-            if changed:
-                logger.warning("--resume: using new values for %s", ", ".join(sorted(changed)))
+            keep_precision(cfg, saved.precision, ckpt_path,
+                           lambda p: resolve_precision(p, self.env.device, cfg.amp))
+            check_resume(saved, cfg, ckpt_path, fixed=TRAIN_FIXED)
         else:
             cfg.precision = resolve_precision(cfg.precision, self.env.device, cfg.amp)
         self._setup_logging()
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
+        seed_everything(cfg.seed)
         self._build()
-
-    def _keep_precision(self, saved: str, ckpt_path: str) -> None:
-        """A resumed run trains in the precision its checkpoint recorded (``auto`` here means: that one); asking
-        for another would change the numerics of an exact resume, and is refused."""
-        cfg = self.cfg
-        saved = resolve_precision(saved, self.env.device, cfg.amp)  # checkpoints before the setting: auto
-        if cfg.precision not in ("auto", saved):
-            raise ConfigError(f"--resume: {ckpt_path} trained in {saved}; precision={cfg.precision} would change "
-                              f"an exact resume (leave precision at auto, or start a new run)")
-        cfg.precision = saved
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
@@ -432,7 +402,7 @@ class Trainer(Run):
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> Dict[str, Any]:
         return {
-            "format": "pocketnas.train_state", "format_version": 1,
+            "format": TRAIN_STATE, "format_version": STATE_VERSION,
             "config": dataclasses.asdict(self.cfg),
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -549,10 +519,15 @@ class Trainer(Run):
                           pin_memory=self.cuda, prefetch_factor=4 if self.cfg.workers else None,
                           collate_fn=collate)
 
-    def fit(self) -> Dict[str, Any]:
-        from tqdm import tqdm
+    def fit(self, callbacks: Optional[List[Callback]] = None) -> Dict[str, Any]:
+        """Train to the configured end (or ``stop_after_steps``); the side jobs are ``callbacks``
+        (:func:`~pocketnas.engine.callbacks.default_callbacks`: TensorBoard, checkpoints, verification).
 
+        Returns:
+            The history: per-epoch mean losses, verification per epoch, minutes; ``stopped_at_step`` when stopped
+            early."""
         cfg, env = self.cfg, self.env
+        callbacks = default_callbacks() if callbacks is None else callbacks
         history: Dict[str, Any] = {"epochs": [], "verification": {}}
         if cfg.stop_after_steps and self.step >= cfg.stop_after_steps:
             # a run resumed at (or past) its stop: its checkpoint's backbone as model.pt, nothing trained (how a
@@ -566,66 +541,65 @@ class Trainer(Run):
         start = time.perf_counter()
         try:
             while self.epoch < cfg.epochs:
-                if isinstance(self.teacher, MultiStepTeacher):
-                    self.teacher.set_epoch(self.epoch)
-                if (cfg.imprint_at_joint and self.head is not None and self.epoch == cfg.kd_only_epochs
-                        and self.batch_in_epoch == 0):
-                    self._imprint_at_joint()
-                self.samples.set_epoch(self.epoch)
-                self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-                sums: Dict[str, float] = {}
-                seen = 0
-                bar = tqdm(self._loader(), total=len(self.sampler), disable=not env.is_main,
-                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
-                for images, labels, index, view, live in bar:
-                    losses = self.train_step(images, labels, index, view, live)
-                    self.batch_in_epoch += 1
-                    self.step += 1
-                    seen += 1
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    if env.is_main and (self.step % cfg.log_every == 0 or self.batch_in_epoch == 1):
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} | {"lr": f"{lr:.4g}"})
-                        for k, v in losses.items():
-                            self.tb.add_scalar(f"train/{k}", v, self.step)
-                        self.tb.add_scalar("train/lr", lr, self.step)
-                    if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
-                        self.save_checkpoint()
-                    if cfg.stop_after_steps and self.step >= cfg.stop_after_steps:
-                        self.save_checkpoint()
-                        # the backbone as it stands, for evaluation or release (meta records epoch and step)
-                        self.save_backbone(os.path.join(self.out_dir, "model.pt"))
-                        logger.info("stopping at step %d as asked (stop_after_steps)", self.step)
-                        history["stopped_at_step"] = self.step
-                        return history
-                bar.close()
-                means = {k: v / max(1, seen) for k, v in sums.items()}
-                finished = self.epoch + 1
-                self.epoch, self.batch_in_epoch = finished, 0
-                if self.teacher is not None and getattr(self.teacher, "cache", None) is not None:
-                    c = self.teacher.cache
-                    logger.info("teacher cache: %d hits, %d computed so far%s", c.hits, c.misses,
-                                f", {c.damaged} damaged entries recomputed" if c.damaged else "")
-                logger.info("epoch %d/%d: %s (%.1f min so far)", finished, cfg.epochs,
-                            ", ".join(f"{k} {v:.4f}" for k, v in means.items()), (time.perf_counter() - start) / 60)
-                history["epochs"].append({"epoch": finished, **means})
-                self.save_checkpoint()
-                self.save_backbone(os.path.join(self.out_dir, "model.pt"))
-                if cfg.save_every_epoch:
-                    from .teachers import epoch_checkpoint
-
-                    self.save_backbone(epoch_checkpoint(self.out_dir, finished))
-                if cfg.val_bins and (finished % cfg.val_every_epochs == 0 or finished == cfg.epochs):
-                    history["verification"][finished] = self.verify()
-                    if self.verification is not None:
-                        self.save_backbone(os.path.join(self.out_dir, "model.pt"))  # with its threshold
+                self._start_epoch()
+                means = self._run_epoch(callbacks, history)
+                if means is None:  # a callback stopped the run
+                    return history
+                self._end_epoch(means, start, callbacks, history)
                 dist_utils.barrier(env)
         finally:
             if self.tb is not None:
                 self.tb.flush()
         history["minutes"] = (time.perf_counter() - start) / 60
         return history
+
+    def _start_epoch(self) -> None:
+        cfg = self.cfg
+        if isinstance(self.teacher, MultiStepTeacher):
+            self.teacher.set_epoch(self.epoch)
+        if (cfg.imprint_at_joint and self.head is not None and self.epoch == cfg.kd_only_epochs
+                and self.batch_in_epoch == 0):
+            self._imprint_at_joint()
+        self.samples.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+
+    def _run_epoch(self, callbacks: List[Callback], history: Dict[str, Any]) -> Optional[Dict[str, float]]:
+        """The epoch's steps (from where a resumed run left it); the mean of each loss, or None when stopped."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        sums: Dict[str, float] = {}
+        seen = 0
+        bar = tqdm(self._loader(), total=len(self.sampler), disable=not self.env.is_main,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step", dynamic_ncols=True)
+        for images, labels, index, view, live in bar:
+            losses = self.train_step(images, labels, index, view, live)
+            self.batch_in_epoch += 1
+            self.step += 1
+            seen += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.env.is_main and (self.step % cfg.log_every == 0 or self.batch_in_epoch == 1):
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}
+                                | {"lr": f"{self.optimizer.param_groups[0]['lr']:.4g}"})
+            if any(cb.on_step(self, losses, history) == STOP for cb in list(callbacks)):
+                return None
+        bar.close()
+        return {k: v / max(1, seen) for k, v in sums.items()}
+
+    def _end_epoch(self, means: Dict[str, float], start: float, callbacks: List[Callback],
+                   history: Dict[str, Any]) -> None:
+        finished = self.epoch + 1
+        self.epoch, self.batch_in_epoch = finished, 0
+        if self.teacher is not None and getattr(self.teacher, "cache", None) is not None:
+            c = self.teacher.cache
+            logger.info("teacher cache: %d hits, %d computed so far%s", c.hits, c.misses,
+                        f", {c.damaged} damaged entries recomputed" if c.damaged else "")
+        logger.info("epoch %d/%d: %s (%.1f min so far)", finished, self.cfg.epochs,
+                    ", ".join(f"{k} {v:.4f}" for k, v in means.items()), (time.perf_counter() - start) / 60)
+        history["epochs"].append({"epoch": finished, **means})
+        for cb in callbacks:
+            cb.on_epoch_end(self, finished, means, history)
 
     def verify(self) -> Dict[str, float]:
         """Verification accuracy on the configured .bin sets (rank 0), logged to TensorBoard."""
