@@ -79,3 +79,37 @@ def test_the_declarative_configs_live_at_the_top_level_and_are_read_from_there()
     for spec in (os.path.join(REPO, "eval", "lfw_family.yaml"), "lfw_family"):  # found, then its sets checked
         with pytest.raises(ConfigError, match="lfw_family.* missing .*lfw.bin"):
             load_eval_config(spec, [f"root={REPO}"])
+
+
+def test_no_function_in_engine_or_cli_is_over_60_lines():
+    # issue 40: the loops' side jobs are callbacks and set-up is split into steps; a long function is a sign that
+    # a piece wants its own name
+    import ast
+
+    long = []
+    for package in ("engine", "cli"):
+        folder = os.path.join(REPO, "pocketnas", package)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        length = node.end_lineno - node.lineno + 1
+                        if length > 60:
+                            long.append(f"{package}/{name}: {node.name} ({length} lines)")
+    assert not long, long
+
+
+def test_no_module_imports_another_modules_private_name():
+    import ast
+
+    found = []
+    for folder, _, files in os.walk(os.path.join(REPO, "pocketnas")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                    if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("pocketnas")):
+                        found += [f"{os.path.relpath(path, REPO)}: {a.name}" for a in node.names
+                                  if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

@@ -162,19 +162,23 @@ def parse_shard(text: str) -> Tuple[int, int]:
 
 def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: str, seeds: Sequence[int] = (0, 1),
              recipe: Optional[str] = None, overrides: Sequence[str] = (), flip: bool = False,
-             proxies: Sequence[str] = ("naswot", "synflow", "grad_norm"),
-             shard: Tuple[int, int] = (0, 1)) -> Dict[str, Any]:
+             proxies: Optional[Sequence[str]] = None, shard: Tuple[int, int] = (0, 1)) -> Dict[str, Any]:
     """Train every entry with every seed under ``recipe`` (+ ``overrides``), evaluate its last checkpoint on
     ``bins``; write ``results.json``, ``table.md`` and ``accuracy_vs_params.png`` into ``out_dir``.
 
-    ``proxies``: the zero-cost proxies scored for every entry under one setting (:func:`_entry_scores`), so that
-    Kendall's tau covers every trained genotype; empty: the entries' own scores (from their candidates.json).
-    ``shard=(K, N)``: train only the runs whose index is K modulo N (N processes or machines share one study);
-    the report is written by whichever shard finds every run finished, else ``{"complete": False, ...}`` is
-    returned with the runs still missing."""
-    from .train_config import load_train_config
-    from .trainer import train
+    Args:
+        entries: the genotypes (:func:`load_entries`).
+        data: the training faces; bins: ``.bin`` sets (the first is the table's).
+        seeds: training seeds of every entry; recipe, overrides: the one training recipe all share.
+        proxies: zero-cost proxies scored for every entry under one setting (:func:`_entry_scores`), so that
+            Kendall's tau covers every trained genotype (None: every registered one); empty: the entries' own
+            scores (from their candidates.json).
+        shard: ``(K, N)``: train only the runs whose index is K modulo N (N processes or machines share a study).
 
+    Returns:
+        The report (rows, Kendall's tau and p), written by whichever shard finds every run finished; else
+        ``{"complete": False, "pending": [...]}``."""
+    proxies = PROXIES.names() if proxies is None else list(proxies)
     if not entries:
         raise InputError("nas-eval needs at least one genotype")
     missing = [b for b in bins if not os.path.isfile(b)]
@@ -182,9 +186,26 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
         raise MissingFileError(f"no such .bin file: {', '.join(missing)}")
     for p in proxies:
         PROXIES.get(p)
-    k_shard, n_shards = shard
+    plan = _plan(entries, out_dir, seeds)
+    cfgs = _run_plan(plan, data, bins, recipe, overrides, flip, shard)
+    pending = [f"{e.name}/seed_{seed}" for e, _, _, seed, run in plan
+               if not os.path.isfile(os.path.join(run, "eval.json"))]
+    if pending:
+        logger.info("nas-eval shard %d/%d done; runs of other shards still to finish: %s", shard[0], shard[1],
+                    ", ".join(pending))
+        return {"complete": False, "pending": pending}
+    rows = [_row(e, out_dir, seeds, cfgs[e.name, seeds[-1]], data, proxies) for e in entries]
+    report = _report(rows, bins, seeds, recipe, overrides, proxies)
+    atomic_write(os.path.join(out_dir, "results.json"), json.dumps(report, indent=1))
+    atomic_write(os.path.join(out_dir, "table.md"), format_table(report) + "\n")
+    plot_accuracy_vs_params(report, os.path.join(out_dir, "accuracy_vs_params.png"))
+    return report
+
+
+def _plan(entries: Sequence[Entry], out_dir: str, seeds: Sequence[int]) -> List[Tuple[Entry, str, str, int, str]]:
+    """(entry, folder, genotype path, seed, run folder) of every run, each entry's genotype written once."""
     os.makedirs(out_dir, exist_ok=True)
-    plan = []  # (entry, folder, genotype path, seed, run)
+    plan = []
     for e in entries:
         folder = os.path.join(out_dir, e.name)
         os.makedirs(folder, exist_ok=True)
@@ -193,6 +214,16 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
         if not os.path.isfile(gpath) or _read(gpath) != text:
             atomic_write(gpath, text)
         plan += [(e, folder, gpath, seed, os.path.join(folder, f"seed_{seed}")) for seed in seeds]
+    return plan
+
+
+def _run_plan(plan, data: str, bins: Sequence[str], recipe: Optional[str], overrides: Sequence[str], flip: bool,
+              shard: Tuple[int, int]) -> Dict[Tuple[str, int], Any]:
+    """Train and evaluate this shard's unfinished runs (resuming an interrupted one); every run's config."""
+    from .train_config import load_train_config
+    from .trainer import train
+
+    k_shard, n_shards = shard
     cfgs = {}
     for index, (e, folder, gpath, seed, run) in enumerate(plan):
         cfgs[e.name, seed] = cfg = load_train_config(recipe, [*overrides, "arch=pocketnet", f"seed={seed}"],
@@ -204,33 +235,32 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
         logger.info("nas-eval: %s seed %d (%s)", e.name, seed, "resuming" if resume else "training")
         # a folder without a checkpoint holds nothing to keep (a run killed before its first epoch ended)
         train(cfg, run, resume=resume, overwrite=not resume)
-        result = _evaluate_run(run, bins, flip)
-        atomic_write(done, json.dumps(result))
-    pending = [f"{e.name}/seed_{seed}" for e, _, _, seed, run in plan
-               if not os.path.isfile(os.path.join(run, "eval.json"))]
-    if pending:
-        logger.info("nas-eval shard %d/%d done; runs of other shards still to finish: %s", k_shard, n_shards,
-                    ", ".join(pending))
-        return {"complete": False, "pending": pending}
-    rows = []
-    for e in entries:
-        folder = os.path.join(out_dir, e.name)
-        per_seed: Dict[int, Dict[str, Any]] = {}
-        for seed in seeds:
-            with open(os.path.join(folder, f"seed_{seed}", "eval.json"), encoding="utf-8") as f:
-                per_seed[seed] = json.load(f)
-        cfg = cfgs[e.name, seeds[-1]]
-        scores = _entry_scores(e, folder, cfg, data, proxies) if proxies else dict(e.scores)
-        params, mflops = _model_cost(e.genotype, cfg)
-        sets = sorted(next(iter(per_seed.values())))
-        rows.append({"name": e.name, "source": e.source, "params": params, "mflops": mflops, "scores": scores,
-                     "genotype": e.genotype.to_legacy(), "seeds": list(seeds),
-                     **{metric: {s: _spread([per_seed[k][s][metric] for k in seeds]) for s in sets}
-                        for metric in ("accuracy", "auc", "eer")},
-                     # seeds whose embeddings collapsed below the protocol's grid (recorded since the protocol
-                     # measures it; runs evaluated before have no record)
-                     "collapsed_seeds": {s: [k for k in seeds if per_seed[k][s].get("collapsed_pairs", 0.0)
-                                             > COLLAPSE_WARNING] for s in sets}})
+        atomic_write(done, json.dumps(_evaluate_run(run, bins, flip)))
+    return cfgs
+
+
+def _row(e: Entry, out_dir: str, seeds: Sequence[int], cfg, data: str, proxies: Sequence[str]) -> Dict[str, Any]:
+    """One genotype's line of the report: size, proxy scores, and each metric's mean +- std over the seeds."""
+    folder = os.path.join(out_dir, e.name)
+    per_seed = {seed: read_json_object(os.path.join(folder, f"seed_{seed}", "eval.json"), "nas-eval result")
+                for seed in seeds}
+    scores = _entry_scores(e, folder, cfg, data, proxies) if proxies else dict(e.scores)
+    params, mflops = _model_cost(e.genotype, cfg)
+    sets = sorted(next(iter(per_seed.values())))
+    return {"name": e.name, "source": e.source, "params": params, "mflops": mflops, "scores": scores,
+            "genotype": e.genotype.to_legacy(), "seeds": list(seeds),
+            **{metric: {s: _spread([per_seed[k][s][metric] for k in seeds]) for s in sets}
+               for metric in ("accuracy", "auc", "eer")},
+            # seeds whose embeddings collapsed below the protocol's grid (recorded since the protocol measures it;
+            # runs evaluated before have no record)
+            "collapsed_seeds": {s: [k for k in seeds if per_seed[k][s].get("collapsed_pairs", 0.0)
+                                    > COLLAPSE_WARNING] for s in sets}}
+
+
+def _report(rows: List[Dict[str, Any]], bins: Sequence[str], seeds: Sequence[int], recipe: Optional[str],
+            overrides: Sequence[str], proxies: Sequence[str]) -> Dict[str, Any]:
+    """The rows with the rank correlation of every proxy against trained accuracy and against AUC (accuracy has a
+    floor at 50 %, where no threshold on the grid separates crowded embeddings; AUC still orders the genotypes)."""
     first = os.path.splitext(os.path.basename(bins[0]))[0]  # the first .bin is the table's
     main = first if first in rows[0]["accuracy"] else sorted(rows[0]["accuracy"])[0]
     names = sorted({p for r in rows for p in r["scores"]})
@@ -239,16 +269,10 @@ def nas_eval(entries: Sequence[Entry], data: str, bins: Sequence[str], out_dir: 
              for metric in ("accuracy", "auc")}
     taus = {m: {p: kendall_tau(*xy) for p, xy in v.items()} for m, v in pairs.items()}
     p_values = {m: {p: kendall_p(*xy) for p, xy in v.items()} for m, v in pairs.items()}
-    # against AUC too: accuracy has a floor at 50 % (no threshold on the grid separates crowded embeddings),
-    # where AUC still orders the genotypes
-    report = {"complete": True, "set": main, "bins": list(bins), "seeds": list(seeds), "recipe": recipe,
-              "overrides": list(overrides), "proxies": list(proxies), "rows": rows,
-              "kendall_tau": taus["accuracy"], "kendall_tau_auc": taus["auc"],
-              "kendall_p": p_values["accuracy"], "kendall_p_auc": p_values["auc"]}
-    atomic_write(os.path.join(out_dir, "results.json"), json.dumps(report, indent=1))
-    atomic_write(os.path.join(out_dir, "table.md"), format_table(report) + "\n")
-    plot_accuracy_vs_params(report, os.path.join(out_dir, "accuracy_vs_params.png"))
-    return report
+    return {"complete": True, "set": main, "bins": list(bins), "seeds": list(seeds), "recipe": recipe,
+            "overrides": list(overrides), "proxies": list(proxies), "rows": rows,
+            "kendall_tau": taus["accuracy"], "kendall_tau_auc": taus["auc"],
+            "kendall_p": p_values["accuracy"], "kendall_p_auc": p_values["auc"]}
 
 
 def format_table(report: Dict[str, Any]) -> str:

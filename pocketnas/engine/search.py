@@ -277,6 +277,12 @@ class Searcher(Run):
         super()._setup_logging()
 
     def _build(self) -> None:
+        """Data, supernet and its optimisers, then the architect with the alphas' penalties: each a step."""
+        self._build_data()
+        self._build_model()
+        self._build_architect()
+
+    def _build_data(self) -> None:
         cfg, env = self.cfg, self.env
         if not cfg.data:
             raise ConfigError("no search data: pass --data PATH (a RecordIO pack or an image folder)")
@@ -294,6 +300,9 @@ class Searcher(Run):
         self.val_sampler = EpochBatchSampler(len(self.val_idx), cfg.batch_size, cfg.seed + 1, env.rank,
                                              env.world_size, cfg.max_batches_per_epoch)
         self.steps_per_epoch = min(self.train_sampler.batches, self.val_sampler.batches)
+
+    def _build_model(self) -> None:
+        cfg, env = self.cfg, self.env
         supernet = Supernet(self.space, self.faces.num_classes, cfg.channels, cfg.layers, cfg.stem_multiplier,
                             cfg.embedding_size, cfg.input_size, cfg.partial_k, skip_none=not cfg.plain)
         if cfg.plain:
@@ -313,33 +322,32 @@ class Searcher(Run):
                                        weight_decay=cfg.w_weight_decay)
         self.a_optim = torch.optim.Adam(self.model.alphas(), cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
                                         weight_decay=cfg.alpha_weight_decay)
-        self.cost_model = None
-        budget_fn = None
-        metric, target = None, None
+
+    def _alpha_penalties(self) -> List[Any]:
+        """The terms added to the architecture loss: the budget (a size target, in expectation over the alphas)
+        and beta-decay (beta-DARTS, Ye et al., CVPR 2022)."""
+        cfg, sn = self.cfg, self.model.supernet
+        self.cost_model, self.budget, penalties = None, (None, None), []
         if cfg.budget_params or cfg.budget_flops:
             metric = "params" if cfg.budget_params else "flops"
             target = parse_amount(cfg.budget_params or cfg.budget_flops)
             self.cost_model = build_cost_model(self.space, metric, cfg.final_channels, cfg.final_layers,
                                                cfg.input_size, cfg.embedding_size)
-            sn = self.model.supernet
-
-            def budget_fn():
-                return self.cost_model.loss(sn.alpha_normal, sn.alpha_reduce, target, cfg.budget_weight)
-
+            self.budget = (metric, target)
+            penalties.append(lambda: self.cost_model.loss(sn.alpha_normal, sn.alpha_reduce, target,
+                                                          cfg.budget_weight))
             logger.info("budget: derived %dx%d PocketNet's %s steered towards %s (weight %.2f)",
                         cfg.final_channels, cfg.final_layers, metric, f"{target:,.0f}", cfg.budget_weight)
-        self.budget = (metric, target)
-        penalties = [budget_fn] if budget_fn is not None else []
         if cfg.beta_decay > 0:
-            sn = self.model.supernet
-
-            def beta_fn():
-                return beta_decay_weight(cfg.beta_decay, self.epoch, cfg.epochs) * beta_decay_loss(
-                    [sn.alpha_normal, sn.alpha_reduce])
-
-            penalties.append(beta_fn)
+            penalties.append(lambda: beta_decay_weight(cfg.beta_decay, self.epoch, cfg.epochs) * beta_decay_loss(
+                [sn.alpha_normal, sn.alpha_reduce]))
             logger.info("beta-decay regularisation of the alphas (beta-DARTS), weight 0 -> %g over the search",
                         cfg.beta_decay)
+        return penalties
+
+    def _build_architect(self) -> None:
+        cfg, env = self.cfg, self.env
+        penalties = self._alpha_penalties()
 
         def alpha_penalty():
             return sum(term() for term in penalties)
@@ -451,29 +459,43 @@ class Searcher(Run):
         return self.history
 
     def _end_of_epoch(self, sums: Dict[str, float], steps: int, seconds: float) -> None:
-        cfg = self.cfg
-        sn = self.model.supernet
+        """The epoch's record (history), the early stop on a rise of skip connections, then (main process) its
+        report in the log and TensorBoard and its genotype written out."""
         n_acc = max(1, int(sums.pop("val_acc_n", 0)))
         means = {k: v / max(1, steps) for k, v in sums.items() if k != "val_acc"}
         means["val_acc"] = sums["val_acc"] / n_acc
         # nothing non-finite becomes a genotype or a checkpoint (a NaN alpha derives an arbitrary cell)
         check_finite_state(self.model.state_dict(), f"search epoch {self.epoch}: the supernet")
+        record, capped = self._epoch_record(means, seconds)
+        self._stop_on_skip_rise(record["skips_derived"])
+        if not self.env.is_main:
+            return
+        self._report_epoch(record, means, capped, seconds)
+        self._write_epoch_genotype(capped, means)
+
+    def _epoch_record(self, means: Dict[str, float], seconds: float):
+        cfg, sn = self.cfg, self.model.supernet
         raw = sn.genotype(None)
         capped = sn.genotype(cfg.max_skips if cfg.max_skips >= 0 else None)
-        raw_skips = count_skips(raw)
         entropy = (alpha_entropy(sn.alpha_normal) + alpha_entropy(sn.alpha_reduce)) / 2
         record = {"epoch": self.epoch, **means, "seconds": seconds, "alpha_entropy": entropy,
-                  "skips_derived": raw_skips, "genotype": capped.to_dict(), "peak_rss_gb": peak_rss_gb()}
+                  "skips_derived": count_skips(raw), "genotype": capped.to_dict(), "peak_rss_gb": peak_rss_gb()}
         if self.cost_model is not None:
             record["expected_cost"] = float(self.cost_model.expected(sn.alpha_normal.detach().double(),
                                                                      sn.alpha_reduce.detach().double()))
             record["derived_cost"] = self.cost_model.of_genotype(capped)
-        previous = self.history["raw_skips"][-1] if self.history["raw_skips"] else None
-        self.history["raw_skips"].append(raw_skips)
         self.history["epochs"].append(record)
         if means["val_acc"] > self.history["best_val_acc"]:
             self.history["best_val_acc"] = means["val_acc"]
             self.history["best_genotype"] = capped.to_dict()
+        return record, capped
+
+    def _stop_on_skip_rise(self, raw_skips: int) -> None:
+        """DARTS's collapse into skip connections, caught: a rise above ``max_skips`` stops the search, keeping the
+        previous epoch's genotype."""
+        cfg = self.cfg
+        previous = self.history["raw_skips"][-1] if self.history["raw_skips"] else None
+        self.history["raw_skips"].append(raw_skips)
         if (cfg.stop_on_skip_rise and cfg.max_skips >= 0 and previous is not None and raw_skips > previous
                 and raw_skips > cfg.max_skips):
             self.history["stopped_early"] = (f"skip connections in the derived normal cell rose from {previous} to "
@@ -482,15 +504,15 @@ class Searcher(Run):
             if len(self.history["epochs"]) > 1:
                 self.history["final_genotype"] = self.history["epochs"][-2]["genotype"]
             logger.warning("%s", self.history["stopped_early"])
-        if not self.env.is_main:
-            return
-        probs = sn.op_probabilities()
-        ops = list(self.space.operations)
+
+    def _report_epoch(self, record: Dict[str, Any], means: Dict[str, float], capped: Genotype,
+                      seconds: float) -> None:
+        cfg, sn = self.cfg, self.model.supernet
+        probs, ops = sn.op_probabilities(), list(self.space.operations)
         lines = [f"epoch {self.epoch}/{cfg.epochs} ({seconds:.0f} s): train loss {means['train_loss']:.4f} acc "
                  f"{100 * means['train_acc']:.2f}%, val loss {means['val_loss']:.4f} "
-                 f"acc {100 * means['val_acc']:.2f}%, "
-                 f"alpha entropy {entropy:.4f}, skips in derived normal cell {raw_skips}, peak RSS "
-                 f"{record['peak_rss_gb']:.2f} GB"]
+                 f"acc {100 * means['val_acc']:.2f}%, alpha entropy {record['alpha_entropy']:.4f}, skips in "
+                 f"derived normal cell {record['skips_derived']}, peak RSS {record['peak_rss_gb']:.2f} GB"]
         if self.cost_model is not None:
             lines.append(f"  expected {self.cost_model.metric} {record['expected_cost']:,.0f}, derived network "
                          f"{record['derived_cost']:,.0f} (target {self.budget[1]:,.0f})")
@@ -504,12 +526,15 @@ class Searcher(Run):
         logging.getLogger(DETAIL).info("\n".join(alphas))  # log.txt only: 2 x 14 lines an epoch
         for k, v in means.items():
             self.tb.add_scalar(f"search/{k}", v, self.epoch)
-        self.tb.add_scalar("search/alpha_entropy", entropy, self.epoch)
-        self.tb.add_scalar("search/skips_derived", raw_skips, self.epoch)
+        for key in ("alpha_entropy", "skips_derived"):
+            self.tb.add_scalar(f"search/{key}", record[key], self.epoch)
         if self.cost_model is not None:
             self.tb.add_scalar(f"search/expected_{self.cost_model.metric}", record["expected_cost"], self.epoch)
             self.tb.add_scalar(f"search/derived_{self.cost_model.metric}", record["derived_cost"], self.epoch)
         self.tb.add_figure("alphas", alpha_heatmap(probs, ops), self.epoch)
+
+    def _write_epoch_genotype(self, capped: Genotype, means: Dict[str, float]) -> None:
+        """The epoch's derived genotype: cell diagrams and a line of genotypes.jsonl."""
         draw_genotype(capped, os.path.join(self.out_dir, "cells"), f"epoch_{self.epoch:03d}_",
                       f"epoch {self.epoch}")
         with open(os.path.join(self.out_dir, "genotypes.jsonl"), "a", encoding="utf-8") as f:

@@ -249,17 +249,29 @@ def build_teacher_bank(out: str, data: str, teacher: str, views: int = 8, view_s
                     "in %d process(es)", out, n, views, len(manifest["finished"]), len(todo), block, max(1, workers))
     args = (data, teacher, teacher_arch, teacher_input_norm, size, view_seed,
             max(1, threads // max(1, workers)), labelled, skip_bad)
-    partial = {}
+    _embed_blocks(out, manifest, key, todo, done, args, workers, n, dim, block, progress)
+    for v in range(views):  # views whose blocks were all done before an interruption at the rename
+        if view_file(v) not in manifest["finished"] and os.path.isfile(os.path.join(out, view_file(v) + ".partial")):
+            _finish_view(out, manifest, v, n, dim)
+    if os.path.isfile(os.path.join(out, PROGRESS_JSON)):
+        os.unlink(os.path.join(out, PROGRESS_JSON))
+    return manifest
+
+
+def _embed_blocks(out: str, manifest: Dict[str, Any], key: Dict[str, Any], todo, done, args, workers: int, n: int,
+                  dim: int, block: int, progress: bool) -> None:
+    """Embed the blocks still to do (in ``workers`` processes), each written into its view's ``.partial`` file and
+    recorded in the progress file as it lands; a view whose blocks are all in is finished (checked and renamed)."""
     from tqdm import tqdm
 
+    partial = {}
     bar = tqdm(total=sum(stop - start for _, start, stop in todo), desc="teacher bank", unit="view",
                disable=not progress or not todo, dynamic_ncols=True)
     try:
         for v, start, stop, emb in _blocks(todo, args, workers):
             if v not in partial:
-                partial[v] = np.memmap(os.path.join(out, view_file(v) + ".partial"), DTYPE,
-                                       "r+" if os.path.isfile(os.path.join(out, view_file(v) + ".partial")) else "w+",
-                                       shape=(n, dim))
+                path = os.path.join(out, view_file(v) + ".partial")
+                partial[v] = np.memmap(path, DTYPE, "r+" if os.path.isfile(path) else "w+", shape=(n, dim))
             partial[v][start:stop] = emb
             partial[v].flush()
             done.add(f"{v}:{start}:{stop}")
@@ -270,12 +282,6 @@ def build_teacher_bank(out: str, data: str, teacher: str, views: int = 8, view_s
                 _finish_view(out, manifest, v, n, dim)
     finally:
         bar.close()
-    for v in range(views):  # views whose blocks were all done before an interruption at the rename
-        if view_file(v) not in manifest["finished"] and os.path.isfile(os.path.join(out, view_file(v) + ".partial")):
-            _finish_view(out, manifest, v, n, dim)
-    if os.path.isfile(os.path.join(out, PROGRESS_JSON)):
-        os.unlink(os.path.join(out, PROGRESS_JSON))
-    return manifest
 
 
 def _open_or_start(out: str, key: Dict[str, Any], n: int, views: int, dim: int, overwrite: bool) -> Dict[str, Any]:

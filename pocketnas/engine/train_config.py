@@ -99,6 +99,8 @@ class TrainConfig:
     stop_after_steps: int = 0               # stop at this global step, after a checkpoint and model.pt
 
     def validate(self, source: str = "config") -> None:
+        """Every setting, checked when the configuration is read (before any file or folder is touched): the
+        network and its loss, the distillation, the views, the numbers, the device and precision."""
         from ..losses.margins import MARGINS
         from ..models import is_model
 
@@ -106,6 +108,20 @@ class TrainConfig:
             raise ConfigError(f"{source}: arch {self.arch!r} is not a registered model (see `pocketnas models`)")
         if self.loss not in MARGINS:
             raise ConfigError(f"{source}: loss must be one of {', '.join(MARGINS.names())}, got {self.loss!r}")
+        self._check_distillation(source)
+        self._check_numbers(source)
+        from ..config import check_device
+        from .precision import check_precision
+
+        check_device(self.device, source)
+        check_precision(self.precision, source)
+        if str(self.compile).lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
+        self._check_model(source)
+
+    def _check_distillation(self, source: str) -> None:
+        """The teacher, the terms, the teacher-only phase, the views and the bank: settings that only make sense
+        together."""
         losses, multistep = self.kd_plan(source)
         if multistep and (self.teacher_input_norm or self.teacher_arch):
             raise ConfigError(f"{source}: a multi-step teacher is a pocketnas run whose checkpoints record their own "
@@ -133,6 +149,9 @@ class TrainConfig:
                 raise ConfigError(f"{source}: teacher_bank holds a fixed teacher's embeddings of a bank of views: it "
                                   f"needs kd with a fixed teacher (not multistep or hint), augment=true with "
                                   f"view_bank >= 1, and no mixup")
+
+    def _check_numbers(self, source: str) -> None:
+        """Ranges of the numeric settings (each float is finite already: :func:`pocketnas.config._check`)."""
         if self.view_seed is not None and self.view_seed < 0:
             raise ConfigError(f"{source}: view_seed must be >= 0 (or unset: the seed), got {self.view_seed}")
         if self.view_size < 0 or self.teacher_threads < 1:
@@ -153,19 +172,11 @@ class TrainConfig:
                               f"{self.embedding_size}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"{source}: warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
-        from ..config import check_device
-        from .precision import check_precision
-
-        check_device(self.device, source)
-        check_precision(self.precision, source)
-        if str(self.compile).lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
         if sorted(self.milestones) != list(self.milestones):
             raise ConfigError(f"{source}: milestones must be increasing, got {self.milestones}")
         if self.seed < 0:
             raise ConfigError(f"{source}: seed must be >= 0 (numpy's generators take no negative seed), got "
                               f"{self.seed}")
-        self._check_model(source)
 
     def check_inputs(self, source: str = "config") -> None:
         """Every file the run will read exists, and a fixed teacher is trained: checked when a run starts, before
