@@ -173,7 +173,7 @@ def test_config_errors(tmp_path):
         config_from_dict(TrainConfig, {"batchsize": 3})
     with pytest.raises(ConfigError, match="lr must be float, got 'fast'"):
         config_from_dict(TrainConfig, {"lr": "fast"})
-    with pytest.raises(ConfigError, match="kd=embedding needs a teacher"):
+    with pytest.raises(ConfigError, match=r"distillation \(embedding\) needs a teacher"):
         config_from_dict(TrainConfig, {"kd": "embedding"})
     with pytest.raises(ConfigError, match="arch 'pocketnet_x' is not a registered model"):
         config_from_dict(TrainConfig, {"arch": "pocketnet_x"})
