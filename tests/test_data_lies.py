@@ -307,3 +307,26 @@ def test_seed_minus_one_and_a_missing_data_path_are_refused_before_the_run_folde
     assert "seed must be >= 0" in capsys.readouterr().err and not out.exists()
     assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope: no such file or folder" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.onnx
+def test_a_wrong_teacher_or_hint_layer_is_refused_before_the_run_folder(tmp_path, capsys):
+    class Maps(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 28)
+
+    maps = tmp_path / "maps.onnx"
+    torch.onnx.export(Maps(), torch.zeros(1, 3, 112, 112), str(maps), input_names=["data"], output_names=["out"],
+                      dynamic_axes={"data": {0: "n"}, "out": {0: "n"}}, dynamo=False)
+    out = tmp_path / "run"
+    assert main(["train", "--data", orl_root(), "--out", str(out), "--kd", "embedding", "--teacher", str(maps),
+                 "--teacher-input-norm", "arcface"]) == 2
+    assert "maps.onnx: its output is" in capsys.readouterr().err and not out.exists()
+    teacher = tmp_path / "t.pt"
+    pocketnas.save(pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=32), str(teacher))
+    for hint, who in (("[[cells.99, cells.0]]", "the student"), ("[[cells.0, cells.77]]", "the teacher")):
+        assert main(["train", "--data", orl_root(), "--out", str(out), "--kd", "hint", "--teacher", str(teacher),
+                     "--set", f"hint_layers={hint}", "--set", "arch=pocketnet",
+                     "--set", "model_kwargs={channels: 4, layers: 3, embedding_size: 32}"]) == 2
+        err = capsys.readouterr().err
+        assert f"hint_layers: {who}" in err and "has no module" in err and not out.exists(), err

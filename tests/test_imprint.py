@@ -51,8 +51,8 @@ def test_a_class_without_images_keeps_a_zero_centre(orl):
 
 
 @pytest.mark.slow
-def test_imprinted_head_of_the_shipped_network_classifies_its_faces(orl, tmp_path):
-    """The shipped PocketNetS-128 never saw ORL: centres imprinted from its embeddings classify ORL's 400 faces
+def test_imprinted_head_of_the_shipped_network_classifies_its_faces(tmp_path):
+    """The shipped PocketNetS-128 never saw ORL: centres imprinted from its embeddings classify ORL's faces
     nearly perfectly, and the training run built with init_head=imprint starts from exactly those centres, with a
     far lower margin loss than the N(0, 0.01) head."""
     from pocketnas.config import config_from_dict
@@ -61,23 +61,29 @@ def test_imprinted_head_of_the_shipped_network_classifies_its_faces(orl, tmp_pat
     from pocketnas.losses.heads import MarginHead
     from pocketnas.losses.margins import build_margin
 
-    faces, images, labels = orl
+    import shutil
+
+    people = sorted(d for d in os.listdir(orl_root()) if os.path.isdir(os.path.join(orl_root(), d)))[:12]
+    for person in people:  # 12 of the 40 people (120 faces): the same question at a third of the cost
+        shutil.copytree(os.path.join(orl_root(), person), tmp_path / "faces" / person)
+    faces = open_face_dataset(str(tmp_path / "faces"), 112)
+    images, labels = (np.stack(x) for x in zip(*(faces.sample_uint8(i) for i in range(len(faces)))))
     model = pocketnas.create_model("pocketnet_s_128", pretrained=True)
     pocketnas.save(model, str(tmp_path / "s128.pt"))
-    cfg = {"arch": "pocketnet_s_128", "data": orl_root(), "batch_size": 50, "workers": 0, "epochs": 1,
+    cfg = {"arch": "pocketnet_s_128", "data": str(tmp_path / "faces"), "batch_size": 40, "workers": 0, "epochs": 1,
            "threads": 2, "init_head": "imprint", "init_backbone": str(tmp_path / "s128.pt"), "compile": "false"}
     trainer = Trainer(config_from_dict(TrainConfig, cfg), str(tmp_path / "run"))
     try:
         head = trainer.head
         emb = _embed(model, images, flip=True)
-        assert torch.allclose(head.fc.weight.detach(), class_centres(model, faces, 40, progress=False), atol=1e-5)
+        assert torch.allclose(head.fc.weight.detach(), class_centres(model, faces, 12, progress=False), atol=1e-5)
         accuracy = float(((emb @ head.fc.weight.detach().T).argmax(1).numpy() == labels).mean())
         assert accuracy >= 0.95
         y = torch.from_numpy(labels)
         with torch.no_grad():
             imprinted = F.cross_entropy(head(emb, y), y)
             torch.manual_seed(0)
-            random = F.cross_entropy(MarginHead(128, 40, build_margin("arcface"))(emb, y), y)
+            random = F.cross_entropy(MarginHead(128, 12, build_margin("arcface"))(emb, y), y)
         assert imprinted < 0.5 * random, (float(imprinted), float(random))
     finally:
         trainer.close()

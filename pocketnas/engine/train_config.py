@@ -201,6 +201,29 @@ class TrainConfig:
             if not (os.path.exists(self.teacher) or is_model(self.teacher)):
                 raise MissingFileError(f"{source}: teacher {self.teacher}: neither a file nor a registered model")
             require_trained(self.teacher, None, "its distillation targets")
+            self._probe_teacher(source)
+
+    def _probe_teacher(self, source: str) -> None:
+        """The fixed teacher opened and run on two images (one finite embedding each, of its declared size), and
+        the hint layers named on both networks: a wrong teacher or layer name is refused here, before the run
+        folder exists, not after it holds a config and a log."""
+        from .teachers import build_fixed_teacher, hint_layers_of
+
+        teacher = build_fixed_teacher(self.teacher, self.teacher_arch, self.teacher_input_norm, "cpu", threads=1)
+        if "hint" not in self.kd_plan(source)[0]:
+            return
+        import torch
+
+        from ..models import create_model
+
+        with torch.device("meta"):
+            student = dict(create_model(self.arch, **self.model_overrides()).named_modules())
+        teacher_modules = dict(getattr(getattr(teacher, "model", None), "named_modules", lambda: [])())
+        for s_name, t_name in hint_layers_of(self.hint_layers):
+            if s_name not in student:
+                raise ConfigError(f"{source}: hint_layers: the student {self.arch} has no module {s_name!r}")
+            if teacher_modules and t_name not in teacher_modules:
+                raise ConfigError(f"{source}: hint_layers: the teacher {self.teacher} has no module {t_name!r}")
 
     def _check_model(self, source: str) -> None:
         """Build the network on the meta device (no memory, no time): a bad model_kwargs, genotype or size is an
