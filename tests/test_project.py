@@ -113,3 +113,8 @@ def test_no_module_imports_another_modules_private_name():
                         found += [f"{os.path.relpath(path, REPO)}: {a.name}" for a in node.names
                                   if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, found
+
+
+def test_the_readme_is_a_landing_page():
+    # issue 40: at most 12 KB; studies and measurements live in docs/
+    assert os.path.getsize(os.path.join(REPO, "README.md")) <= 12 * 1024
