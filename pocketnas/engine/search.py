@@ -235,6 +235,15 @@ SEARCH_FREE = ("workers", "threads", "log_every", "stop_after_epochs", "epochs")
 
 
 class Searcher(Run):
+    """One DARTS search in a run folder.
+
+    Args:
+        cfg: the search's configuration (:func:`search_config`: the space's defaults, a recipe, ``--set``).
+        out_dir: the run folder; resume: continue from its ``checkpoint.pt``; overwrite: replace a search there.
+
+    :meth:`run` searches and returns the history (per-epoch records, the final genotype, alpha entropy at start
+    and end); ``genotype.json`` (with how it was found), the cells and TensorBoard land in ``out_dir``."""
+
     kind = "search"
 
     def __init__(self, cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False):

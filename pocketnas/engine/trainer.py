@@ -131,8 +131,16 @@ TRAIN_FIXED = ("seed", "batch_size", "data", "flip", "max_batches_per_epoch", "a
 
 
 class Trainer(Run):
-    """``backbone``: an already built network to train instead of ``cfg.arch`` (e.g. a pruned one to fine-tune;
-    its pruning masks hold through training)."""
+    """One training run in a run folder.
+
+    Args:
+        cfg: the run's configuration (:func:`~pocketnas.engine.train_config.load_train_config`).
+        out_dir: the run folder (claimed and locked: :mod:`pocketnas.engine.run_folder`).
+        resume: continue exactly from ``out_dir/checkpoint.pt``; overwrite: replace a previous run there.
+        backbone: an already built network to train instead of ``cfg.arch`` (e.g. a pruned one to fine-tune;
+            its pruning masks hold through training).
+
+    :meth:`fit` trains and returns the history; :func:`train` does both and closes the run."""
 
     kind = "train"
 

@@ -71,7 +71,17 @@ def matching_architectures(state: Mapping[str, torch.Tensor]) -> List[str]:
 
 
 def load(path: str, arch: Optional[str] = None, **overrides: Any) -> nn.Module:
-    """Rebuild a model from a pocketnas checkpoint alone, or from a bare state dict given its ``arch``."""
+    """Rebuild a model from a file.
+
+    Args:
+        path: a pocketnas checkpoint (``pocketnas.save``, a run's ``model.pt``), or a bare state dict (an original
+            release ``backbone.pth``) when ``arch`` is given.
+        arch: the registry name of a bare state dict's network (a checkpoint records its own).
+        **overrides: constructor arguments that replace the recorded ones.
+
+    Returns:
+        The network in eval mode, with its weights (sha256-checked for a checkpoint; loaded ``weights_only``).
+    """
     path = os.fspath(path)
     obj = load_weights_file(path)
     if is_pocketnas_checkpoint(obj):
