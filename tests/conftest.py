@@ -108,6 +108,22 @@ def shared() -> str:
 
 
 @pytest.fixture(scope="session")
+def orl_bin(tmp_path_factory) -> str:
+    """ORL's verification pairs as a ``.bin``: the one given in ../shared (insightface's pickle, as users have it)
+    when it is there, else built from the ORL faces bundled with the package (600 pairs in 10 person-disjoint folds,
+    seed 0), so that the tests needing some pairs of real faces run without ../shared."""
+    path = os.path.join(SHARED, "data", "orl", "orl.bin")
+    if os.path.isfile(path):
+        return path
+    from pocketnas.data import orl_root
+    from pocketnas.data.pack import pairs_from_folder
+
+    out = str(tmp_path_factory.mktemp("orl") / "orl.bin")
+    pairs_from_folder(orl_root(), out, 600, folds=10, seed=0, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def orl_faces():
     """All 400 bundled ORL faces as a normalised float tensor, with labels."""
     from pocketnas.data import FolderDataset, normalize, orl_root

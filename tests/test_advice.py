@@ -52,7 +52,7 @@ def test_verify_refuses_a_network_without_trained_weights(photos, capsys):
 
 
 @pytest.mark.slow
-def test_the_record_threshold_advice_for_a_checkpoint_works(tmp_path, tiny_checkpoint, photos, shared, capsys):
+def test_the_record_threshold_advice_for_a_checkpoint_works(tmp_path, tiny_checkpoint, photos, orl_bin, capsys):
     import shutil
 
     model = str(tmp_path / "m.pt")
@@ -60,7 +60,7 @@ def test_the_record_threshold_advice_for_a_checkpoint_works(tmp_path, tiny_check
     assert main(["verify", *photos, "--model", model, "--aligned"]) == 2
     err = capsys.readouterr().err
     command = _suggested(err, "record one in the file: ")
-    command = [f"{shared}/data/orl/orl.bin" if a == "lfw.bin" else a for a in command]
+    command = [orl_bin if a == "lfw.bin" else a for a in command]
     assert command[:2] == ["eval", "verify"] and "--record-threshold" in command
     assert main(command + ["--no-cost"]) == 0
     capsys.readouterr()
@@ -69,14 +69,14 @@ def test_the_record_threshold_advice_for_a_checkpoint_works(tmp_path, tiny_check
 
 
 @pytest.mark.slow
-def test_the_threshold_advice_for_an_onnx_file_works(tmp_path, tiny_checkpoint, photos, shared, capsys):
+def test_the_threshold_advice_for_an_onnx_file_works(tmp_path, tiny_checkpoint, photos, orl_bin, capsys):
     onnx = str(tmp_path / "m.onnx")
     assert main(["export", "--model", tiny_checkpoint, "--format", "onnx", "--out", onnx]) == 0
     capsys.readouterr()
     assert main(["verify", *photos, "--model", onnx, "--aligned"]) == 2
     err = capsys.readouterr().err
     assert "an ONNX file cannot record one: pass --threshold COSINE" in err and "--record-threshold" not in err
-    command = [f"{shared}/data/orl/orl.bin" if a == "lfw.bin" else a for a in _suggested(err, "")]
+    command = [orl_bin if a == "lfw.bin" else a for a in _suggested(err, "")]
     assert main(command + ["--no-cost"]) == 0
     table = capsys.readouterr().out
     header, _, row = table.splitlines()[:3]

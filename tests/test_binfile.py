@@ -26,9 +26,9 @@ def test_reference_bins_load(shared, name, pairs):
         assert np.array_equal(images[i], expected)
 
 
-def test_write_and_read_back(tmp_path, shared):
-    images, issame = read_bin(f"{shared}/data/orl/orl.bin", progress=False)
-    bins, _ = read_bin_raw(f"{shared}/data/orl/orl.bin")
+def test_write_and_read_back(tmp_path, orl_bin):
+    images, issame = read_bin(orl_bin, progress=False)
+    bins, _ = read_bin_raw(orl_bin)
     write_bin(str(tmp_path / "copy.bin"), bins[:40], issame[:20])
     assert read_bin_raw(str(tmp_path / "copy.bin")) == (bins[:40], issame[:20])
     with open(tmp_path / "copy.bin", "rb") as f:  # what insightface's own loader does
@@ -38,8 +38,8 @@ def test_write_and_read_back(tmp_path, shared):
     assert same == issame[:4] and np.abs(back.astype(int) - images[:8]).mean() < 3  # JPEG q95
 
 
-def test_protocol2_pickles_from_python3_load(tmp_path, shared):
-    bins, issame = read_bin_raw(f"{shared}/data/orl/orl.bin")
+def test_protocol2_pickles_from_python3_load(tmp_path, orl_bin):
+    bins, issame = read_bin_raw(orl_bin)
     with open(tmp_path / "p2.bin", "wb") as f:
         pickle.dump((bins[:4], issame[:2]), f, protocol=2)  # bytes stored as _codecs.encode(str, 'latin1')
     assert read_bin_raw(str(tmp_path / "p2.bin")) == (bins[:4], issame[:2])
@@ -75,16 +75,16 @@ def test_malicious_bin_is_refused_and_runs_nothing(tmp_path):
         read_bin(str(tmp_path / "codecs.bin"))
 
 
-def test_mismatched_pair_count(tmp_path, shared):
-    bins, issame = read_bin_raw(f"{shared}/data/orl/orl.bin")
+def test_mismatched_pair_count(tmp_path, orl_bin):
+    bins, issame = read_bin_raw(orl_bin)
     with open(tmp_path / "short.bin", "wb") as f:
         pickle.dump((bins[:11], issame[:6]), f)
     with pytest.raises(DataFormatError, match=r"short.bin: 11 images for 6 pairs \(expected 12\)"):
         read_bin(str(tmp_path / "short.bin"))
 
 
-def test_wrong_contents(tmp_path, shared):
-    bins, issame = read_bin_raw(f"{shared}/data/orl/orl.bin")
+def test_wrong_contents(tmp_path, orl_bin):
+    bins, issame = read_bin_raw(orl_bin)
     with open(tmp_path / "a.bin", "wb") as f:
         pickle.dump((bins[:3] + ["text"], issame[:2]), f)
     with pytest.raises(DataFormatError, match=r"a.bin: image 3 \(pair 1\) is a str, not encoded bytes"):

@@ -141,10 +141,10 @@ def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
 
 
 @pytest.mark.slow
-def test_int8_export_and_report(tmp_path, trained_tiny, shared, capsys):
+def test_int8_export_and_report(tmp_path, trained_tiny, orl_bin, capsys):
     js = tmp_path / "r.json"
     assert main(["export", "--model", trained_tiny, "--format", "onnx-int8", "--out", str(tmp_path / "m.int8.onnx"),
-                 "--bin", f"{shared}/data/orl/orl.bin", "--json", str(js)]) == 0
+                 "--bin", orl_bin, "--json", str(js)]) == 0
     r = json.loads(js.read_text())
     assert r["int8_mode"].startswith("static") and r["int8"]["size_mb"] < r["fp32"]["size_mb"]
     assert r["int8_vs_fp32"]["mean_cosine"] > 0.95
@@ -155,9 +155,9 @@ def test_int8_export_and_report(tmp_path, trained_tiny, shared, capsys):
 
 
 @pytest.mark.slow
-def test_prune_command_and_sweep(tmp_path, trained_tiny, shared, capsys):
+def test_prune_command_and_sweep(tmp_path, trained_tiny, orl_bin, capsys):
     assert main(["prune", "--model", trained_tiny, "--method", "layer_grad", "--rate", "4", "--data", orl_root(),
-                 "--out", str(tmp_path / "one"), "--finetune-epochs", "1", "--bin", f"{shared}/data/orl/orl.bin",
+                 "--out", str(tmp_path / "one"), "--finetune-epochs", "1", "--bin", orl_bin,
                  "--set", "batch_size=32", "--set", "workers=0", "--set", "threads=2", "--no-export"]) == 0
     out = capsys.readouterr().out
     assert "layer_grad at rate 4: achieved 4.0" in out and "fine-tuned" in out
@@ -172,7 +172,7 @@ def test_prune_command_and_sweep(tmp_path, trained_tiny, shared, capsys):
     assert "margin head initialised from" in (tmp_path / "one" / "finetune" / "log.txt").read_text()
     assert main(["prune", "--model", trained_tiny, "--sweep", "--methods", "global_weight", "random", "--rates", "2",
                  "8", "--data", orl_root(), "--out", str(tmp_path / "sweep"), "--bin",
-                 f"{shared}/data/orl/orl.bin"]) == 0
+                 orl_bin]) == 0
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert table.count("| global_weight |") == 2 and table.count("| random |") == 2 and "| unpruned | 1 |" in table
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["rows"]

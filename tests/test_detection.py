@@ -151,7 +151,7 @@ def test_verify_two_photos_with_a_real_embedder(tmp_path, shared, capsys):
 
 
 @pytest.mark.slow
-def test_verify_uses_the_threshold_recorded_with_a_checkpoint(tmp_path, shared, capsys):
+def test_verify_uses_the_threshold_recorded_with_a_checkpoint(tmp_path, orl_bin, capsys):
     import torch
 
     import pocketnas
@@ -164,7 +164,7 @@ def test_verify_uses_the_threshold_recorded_with_a_checkpoint(tmp_path, shared, 
     path = str(tmp_path / "m.pt")
     pocketnas.save(model, path)
     before = pocketnas.models.checkpoint.read_checkpoint(path)["weights_sha256"]
-    assert main(["eval", "verify", "--model", path, "--bin", f"{shared}/data/orl/orl.bin", "--record-threshold",
+    assert main(["eval", "verify", "--model", path, "--bin", orl_bin, "--record-threshold",
                  "--no-cost", "--threads", "2"]) == 0
     record = pocketnas.models.checkpoint.read_checkpoint(path)
     v = record["meta"]["verification"]

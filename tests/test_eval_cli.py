@@ -26,9 +26,9 @@ def tiny_model(tmp_path_factory, orl_faces):
 
 
 @pytest.mark.slow
-def test_verify_json_schema(tmp_path, tiny_model, shared):
+def test_verify_json_schema(tmp_path, tiny_model, orl_bin):
     js = tmp_path / "r.json"
-    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--threads", "2",
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", orl_bin, "--threads", "2",
                  "--json", str(js), "--no-latency", "--cost"]) == 0
     data = json.loads(js.read_text())
     assert set(data) == {"orl", "_meta"}
@@ -50,17 +50,17 @@ def test_onnx_model_needs_its_normalisation(tmp_path, capsys, shared):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_verify_on_a_missing_cuda_device_is_refused_before_the_work(tiny_model, shared, capsys, monkeypatch):
+def test_verify_on_a_missing_cuda_device_is_refused_before_the_work(tiny_model, orl_bin, capsys, monkeypatch):
     import pocketnas.models.factory as factory
 
     def never(*a, **k):
         raise AssertionError("the model was read before the device was checked")
 
     monkeypatch.setattr(factory, "load_model", never)
-    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin",
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", orl_bin,
                  "--device", "cuda"]) == 2
     assert "device 'cuda', but this machine has no CUDA device" in capsys.readouterr().err
-    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin",
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", orl_bin,
                  "--device", "gpu0"]) == 2
     assert "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu0'" in capsys.readouterr().err
 
@@ -80,14 +80,13 @@ def test_exported_onnx_declares_normalisation(tmp_path, tiny_model, orl_faces):
     assert np.abs(a - b).max() < 1e-3 * np.abs(b).max()
 
 
-def test_onnxruntime_engine_equals_torch_on_the_bundled_pairs(shared):
+def test_onnxruntime_engine_equals_torch_on_the_bundled_pairs(orl_bin):
     """The engine eval verify uses by default (the model exported in memory, run by ONNX Runtime) against the
     PyTorch path: ORL's 600 pairs give identical accuracies and thresholds with and without flip (and, below, the
     shipped PocketNetS-128 weights the same embeddings to 1e-4 on real faces)."""
     from pocketnas.evaluation.run import verification_report
     from pocketnas.models.embedders import ExportedEmbedder, model_embedder
 
-    orl_bin = f"{shared}/data/orl/orl.bin"
     torch.manual_seed(0)
     small = pocketnas.create_model("pocketnet", channels=4, layers=3, embedding_size=32, input_size=56)
     calibrate_batchnorm(small, [torch.randn(16, 3, 56, 56)])
@@ -153,9 +152,9 @@ def test_cost_command(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_compare_plot(tmp_path, tiny_model, shared, capsys):
+def test_compare_plot(tmp_path, tiny_model, orl_bin, capsys):
     small = tmp_path / "small.json"
-    assert main(["eval", "verify", "--model", tiny_model, "--bin", f"{shared}/data/orl/orl.bin", "--no-flip",
+    assert main(["eval", "verify", "--model", tiny_model, "--bin", orl_bin, "--no-flip",
                  "--json", str(small), "--no-latency", "--cost"]) == 0
     other = json.loads(small.read_text())
     other["_meta"]["model"], other["_meta"]["cost"]["params"] = "bigger", 10 * other["_meta"]["cost"]["params"]

@@ -122,14 +122,14 @@ def test_a_search_folder_says_whether_beta_darts_made_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
+def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, orl_bin):
     rng = np.random.default_rng(5)
     entries = [Entry("casia", PUBLISHED["pocketnet_casia"], "published", {"naswot": 1.0}),
                Entry("rand", random_genotype(load_space("pocketnet"), rng), "random", {"naswot": 2.0})]
     overrides = ["model_kwargs={channels: 4, layers: 3, input_size: 32}", "embedding_size=32", "epochs=1",
                  "batch_size=16", "lr_reference_batch=16", "max_batches_per_epoch=3", "workers=0", "milestones=[]",
                  "warmup_epochs=0"]
-    orl = f"{shared}/data/orl/orl.bin"
+    orl = orl_bin
     # an interrupted run: the first seed of "rand" stops after 2 steps (no eval.json yet)
     with pytest.raises(SystemExit):
         def stop(*a, **k):
@@ -181,14 +181,14 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, shared):
 
 
 @pytest.mark.slow
-def test_nas_eval_shards_share_one_study(tmp_path, shared, capsys):
+def test_nas_eval_shards_share_one_study(tmp_path, orl_bin, capsys):
     rng = np.random.default_rng(7)
     entries = [Entry("casia", PUBLISHED["pocketnet_casia"], "published"),
                Entry("rand", random_genotype(load_space("pocketnet"), rng), "random")]
     overrides = ["model_kwargs={channels: 4, layers: 3, input_size: 32}", "embedding_size=32", "epochs=1",
                  "batch_size=16", "lr_reference_batch=16", "max_batches_per_epoch=2", "workers=0", "milestones=[]",
                  "warmup_epochs=0"]
-    orl = f"{shared}/data/orl/orl.bin"
+    orl = orl_bin
     first = nas_eval(entries, orl_root(), [orl], str(tmp_path), seeds=[0, 1], overrides=overrides,
                      proxies=["naswot"], shard=(0, 2))
     # runs 0 and 2 of (casia, rand) x (seed 0, seed 1): each entry's seed 0

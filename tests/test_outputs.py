@@ -74,8 +74,8 @@ def test_subset_into_an_existing_pack_needs_overwrite_and_then_replaces_it_whole
     ["eval", "verify", "--model", "{m}", "--bin", "{bin}", "--json", "{m}", "--overwrite"],
     ["info", "{m}", "--json", "{m}", "--overwrite"],
 ])
-def test_an_output_that_is_an_input_is_refused(argv, model_pt, shared, capsys):
-    lfw = os.path.join(shared, "data", "orl", "orl.bin")
+def test_an_output_that_is_an_input_is_refused(argv, model_pt, orl_bin, capsys):
+    lfw = orl_bin
     before = _digest(model_pt)
     argv = [a.format(m=model_pt, bin=lfw) for a in argv]
     assert main(argv) == 2
@@ -108,7 +108,7 @@ def test_a_failed_export_leaves_the_earlier_file(model_pt, tmp_path, capsys, mon
     assert sorted(os.listdir(tmp_path)) == ["good.onnx", "m.pt"]  # no staging file left behind
 
 
-def test_release_of_nan_weights_writes_nothing(model_pt, tmp_path, shared, capsys):
+def test_release_of_nan_weights_writes_nothing(model_pt, tmp_path, orl_bin, capsys):
     from pocketnas.models.checkpoint import weights_sha256
 
     record = torch.load(model_pt, weights_only=True)  # a valid header over NaN weights (with their right sha256)
@@ -119,7 +119,7 @@ def test_release_of_nan_weights_writes_nothing(model_pt, tmp_path, shared, capsy
     torch.save(record, bad)
     out = tmp_path / "out.pt"
     out.write_bytes(b"an earlier release")
-    argv = ["release", str(bad), str(out), "--bin", os.path.join(shared, "data", "orl", "orl.bin"), "--overwrite"]
+    argv = ["release", str(bad), str(out), "--bin", orl_bin, "--overwrite"]
     assert main(argv) == 2
     assert "non-finite" in capsys.readouterr().err
     assert out.read_bytes() == b"an earlier release"

@@ -70,12 +70,12 @@ def test_release_writes_half_precision_with_its_measurements(tmp_path, orl_faces
 
 
 @pytest.mark.slow
-def test_release_reports_what_float16_would_change(tmp_path, orl_faces, shared, monkeypatch):
+def test_release_reports_what_float16_would_change(tmp_path, orl_faces, orl_bin, monkeypatch):
     """Where half precision changes a figure, the float32 file is written and the report says why: this random tiny
     network has pairs of ORL's 600 so close to its threshold that float16 decides one of them differently."""
     src = _tiny(tmp_path, orl_faces)
     out = str(tmp_path / "f32.pt")
-    r = release_weights(src, out, [f"{shared}/data/orl/orl.bin"], progress=False)
+    r = release_weights(src, out, [orl_bin], progress=False)
     assert r["storage"] == "float32" and r["why_float32"].startswith("orl accuracy: ")
     assert all(v.dtype == torch.float32 for v in read_checkpoint(out)["state_dict"].values() if v.is_floating_point())
 

@@ -177,7 +177,7 @@ def _nan_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_case04_nan_embeddings_are_refused_not_scored(tmp_path, shared, capsys):
+def test_case04_nan_embeddings_are_refused_not_scored(tmp_path, orl_bin, capsys):
     from pocketnas import evaluate_pairs
 
     emb = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
@@ -186,7 +186,7 @@ def test_case04_nan_embeddings_are_refused_not_scored(tmp_path, shared, capsys):
     with pytest.raises(ValueError, match="2 of 20 embeddings are NaN or infinite"):
         evaluate_pairs(emb, [True, False] * 5)
     path = _nan_checkpoint(tmp_path)
-    rc = main(["eval", "verify", "--model", path, "--bin", f"{shared}/data/orl/orl.bin", "--no-cost", "--no-flip"])
+    rc = main(["eval", "verify", "--model", path, "--bin", orl_bin, "--no-cost", "--no-flip"])
     err = capsys.readouterr().err
     assert rc == 2 and "model nan.pt: 1200 of 1200 embeddings are NaN or infinite" in err
 

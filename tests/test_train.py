@@ -41,8 +41,8 @@ def tiny_teacher(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_run_writes_everything(tmp_path, shared):
-    history = train(tiny(val_bins=[os.path.join(shared, "data", "orl", "orl.bin")]), str(tmp_path))
+def test_run_writes_everything(tmp_path, orl_bin):
+    history = train(tiny(val_bins=[orl_bin]), str(tmp_path))
     for f in ("checkpoint.pt", "model.pt", "log.txt", "config.yaml"):
         assert (tmp_path / f).exists(), f
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))

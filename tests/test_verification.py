@@ -159,7 +159,7 @@ def test_sface_on_orl_pairs(shared):
 
 
 @pytest.mark.slow
-def test_verification_report_matches_the_two_protocol_runs(shared):
+def test_verification_report_matches_the_two_protocol_runs(orl_bin):
     from pocketnas.evaluation.run import verification_report, verify_bins
     from pocketnas.models.calibrate import calibrate_batchnorm
     from pocketnas.models.embedders import TorchEmbedder
@@ -170,7 +170,7 @@ def test_verification_report_matches_the_two_protocol_runs(shared):
 
     calibrate_batchnorm(model, [normalize(FolderDataset(orl_root(), train=False).batch_uint8(range(0, 400, 5)))])
     student = TorchEmbedder(model.eval(), name="s")
-    orl = f"{shared}/data/orl/orl.bin"
+    orl = orl_bin
     report = verification_report(student, orl, teacher=student, progress=False)
     plain, flip = verify_bins(student, [orl], flip=False, progress=False), verify_bins(student, [orl], flip=True,
                                                                                        progress=False)
