@@ -173,9 +173,11 @@ class RunFolder:
             raise
         return self
 
-    def _remove_artefacts(self) -> List[str]:
+    def _remove_artefacts(self, names=None) -> List[str]:
+        """Remove what pocketnas wrote here (``names``, default every artefact of the kind); a link is removed
+        itself, never followed. Returns the names removed."""
         removed = []
-        for name in self.artefacts:
+        for name in self.artefacts if names is None else names:
             p = os.path.join(self.path, name)
             if os.path.isdir(p) and not os.path.islink(p):
                 shutil.rmtree(p)
@@ -210,16 +212,7 @@ class RunFolder:
         progress = [m for m in self.existing_run() if m not in SETUP_FILES]
         if progress:
             return []
-        removed = []
-        for name in SETUP_FILES:
-            p = os.path.join(self.path, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p)
-            elif os.path.lexists(p):
-                os.unlink(p)
-            else:
-                continue
-            removed.append(name)
+        removed = self._remove_artefacts(SETUP_FILES)
         if removed:
             logger.info("%s: the run stopped before it produced anything; removed its set-up files (%s)", self.path,
                         ", ".join(removed))
