@@ -231,8 +231,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--input-norm", dest="config_input_norm", choices=["arcface", "raw255"],
                    help="(with --config) input normalisation of an ONNX model without pocketnas metadata")
     s.add_argument("--json", dest="config_json", metavar="FILE", help="(with --config) write the results as JSON")
-    declare(s, CommandIO(inputs=("config_model",), files=("config_json",),
-                         labels={"config_json": "--json", "config_model": "--model"}))
+    declare(s, CommandIO(inputs=("config_model",), files=("config_json",)))  # labels: the options' own names
     _add_eval_commands(s.add_subparsers(dest="eval_command"))
     s.set_defaults(func=_cmd_eval_config)
 
