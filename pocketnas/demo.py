@@ -8,10 +8,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from tqdm import tqdm
@@ -26,10 +28,23 @@ from .models import create_model
 logger = logging.getLogger(__name__)
 
 POCKETNETS = ["pocketnet_s_128", "pocketnet_s_256", "pocketnet_m_128", "pocketnet_m_256"]
+PROBE_IMAGES = 10  # faces embedded before and after each save/reload (bit-identical embeddings)
 
 
-def run_demo(out_dir: str, models: Optional[List[str]] = None, calib_images: int = 120, threads: int = 2,
-             latency: bool = True, seed: int = 0, pipeline: bool = True, overwrite: bool = False) -> Dict[str, Any]:
+@contextlib.contextmanager
+def stage_clock(record: Dict[str, Dict[str, float]], stage: str) -> Iterator[None]:
+    """CPU seconds (user + sys of every thread of this process: what load on the machine does not inflate much)
+    and wall seconds of one stage of the demo, into ``record[stage]``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    try:
+        yield
+    finally:
+        record[stage] = {"cpu_seconds": round(time.process_time() - cpu, 1),
+                         "wall_seconds": round(time.perf_counter() - wall, 1)}
+
+
+def run_demo(out_dir: str, models: Optional[List[str]] = None, calib_images: int = 40, threads: int = 2,
+             latency: bool = False, seed: int = 0, pipeline: bool = True, overwrite: bool = False) -> Dict[str, Any]:
     """The main job into ``out_dir`` (claimed as a run folder: a previous demo there needs ``overwrite``)."""
     from .engine.run_folder import RunFolder
 
@@ -39,17 +54,40 @@ def run_demo(out_dir: str, models: Optional[List[str]] = None, calib_images: int
 
 def _run_demo(out_dir: str, models: Optional[List[str]], calib_images: int, threads: int, latency: bool, seed: int,
               pipeline: bool) -> Dict[str, Any]:
-    from .models import load
-
     torch.manual_seed(seed)
     models = models or POCKETNETS
+    stages: Dict[str, Dict[str, float]] = {}
+    with stage_clock(stages, "build"):
+        results = build_pocketnets(out_dir, models, calib_images, threads, latency)
+    results["stages"] = stages
+    _write_report(out_dir, results)
+    if pipeline:
+        results["pipeline"] = run_pipeline(out_dir, threads=threads, seed=seed, stages=stages)
+        _write_report(out_dir, results)
+    print("CPU time by stage (user + sys): " + ", ".join(f"{k} {v['cpu_seconds']:.0f} s" for k, v in stages.items())
+          + f"; {sum(v['cpu_seconds'] for v in stages.values()):.0f} s in all")
+    print(f"report: {os.path.join(out_dir, 'report.json')}")
+    return results
+
+
+def _write_report(out_dir: str, results: Dict[str, Any]) -> None:
+    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+
+
+def build_pocketnets(out_dir: str, models: List[str], calib_images: int, threads: int,
+                     latency: bool) -> Dict[str, Any]:
+    """Stage 1: every PocketNet built, its BatchNorm calibrated on the faces, saved and reloaded (checkpoint and
+    release layout, embeddings bit-identical), its cost (latency only when asked), and the cells drawn."""
+    from .models import load
+
     faces = FolderDataset(orl_root(), train=False)
     logger.info("bundled faces: %d images of %d people (ORL, credit: Olivetti Research Laboratory)",
                 len(faces), faces.num_classes)
-    # a few images of every person for BatchNorm statistics; one other image per person to compare embeddings
+    # a few images of every person for BatchNorm statistics; another image of ten people to compare embeddings
     per_person = max(1, calib_images // faces.num_classes)
     calib_idx = [i for i, (_, y) in enumerate(faces.samples) if (i % 10) < per_person]
-    probe_idx = [i for i, (_, y) in enumerate(faces.samples) if (i % 10) == 9]
+    probe_idx = [i for i, (_, y) in enumerate(faces.samples) if (i % 10) == 9][:PROBE_IMAGES]
     calib = normalize(faces.batch_uint8(calib_idx))
     probe = normalize(faces.batch_uint8(probe_idx))
 
@@ -81,15 +119,8 @@ def _run_demo(out_dir: str, models: Optional[List[str]], calib_images: int, thre
     table = format_cost_table(reports)
     with open(os.path.join(out_dir, "cost.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
     print(table)
     print(f"checkpoints reloaded bit-identically ({len(models)} models); cells: {', '.join(results['cells'])}")
-    if pipeline:
-        results["pipeline"] = run_pipeline(out_dir, threads=threads, seed=seed)
-        with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-    print(f"report: {os.path.join(out_dir, 'report.json')}")
     return results
 
 
@@ -111,55 +142,78 @@ def split_people(out_dir: str, train_people: int = 28) -> Dict[str, str]:
     return views
 
 
-def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0) -> Dict[str, Any]:
-    """search -> train -> evaluate on person-disjoint splits of the bundled faces."""
+# The demo's search (first-order DARTS, Liu et al. 2019): a small supernet (4 cells of 8 channels) on 32x32 crops of
+# 28 people, 2 epochs of 5 steps. Its architecture learning rate is 1,000 times DARTS's 3e-4 because it has ten
+# steps, not thousands: at 0.003 the alphas did not move (entropy 2.0794 -> 2.0794, uniform 2.0794); at 0.3 they
+# leave uniform (tests/test_demo.py checks by how much). A short search shows the machinery, not a good cell.
+DEMO_SEARCH = {"layers": 4, "channels": 8, "input_size": 32, "batch_size": 28, "epochs": 2, "order": "first",
+               "w_lr": 0.05, "alpha_lr": 0.3, "log_every": 5}
+
+DEMO_NETWORK = {"channels": 8, "layers": 6, "embedding_size": 128, "input_size": 56}  # the network the demo trains
+
+
+def demo_search(data: str, out_dir: str, threads: int = 2, seed: int = 0) -> Dict[str, Any]:
+    """The demo's cell search on the faces in ``data``; returns the search's history (genotype, alpha entropy)."""
+    from .engine.search import search, search_config
+
+    return search(search_config("pocketnet", None, [f"threads={threads}", "workers=0"],
+                                {"data": data, "seed": seed, **DEMO_SEARCH}), out_dir)
+
+
+def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0,
+                 stages: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, Any]:
+    """search -> train -> evaluate -> ship on person-disjoint splits of the bundled faces; each stage's CPU and wall
+    seconds go into ``stages``."""
     from .config import config_from_dict
     from .engine.train_config import TrainConfig
     from .engine.trainer import train
     from .evaluation.plots import plot_det, plot_roc
     from .evaluation.run import verify_folder
     from .models.embedders import TorchEmbedder
-    from .engine.search import search, search_config
-    from .models import create_model as build
+    from .models import create_model as build, load
 
+    stages = {} if stages is None else stages
     views = split_people(out_dir)
     search_dir = os.path.join(out_dir, "search")
-    print("search: a short first-order DARTS search on 28 people, 56x56 crops")
-    found = search(search_config("pocketnet", None, [f"threads={threads}", "workers=0"], {
-        "data": views["train"], "layers": 5, "channels": 8, "input_size": 56, "batch_size": 20, "epochs": 2,
-        "order": "first", "w_lr": 0.05, "alpha_lr": 0.003, "seed": seed, "log_every": 5}), search_dir)
+    print("search: a short first-order DARTS search on 28 people, 32x32 crops")
+    with stage_clock(stages, "search"):
+        found = demo_search(views["train"], search_dir, threads=threads, seed=seed)
     genotype_path = os.path.join(search_dir, "genotype.json")
-    print(f"  genotype: {genotype_path} (cells in {os.path.join(search_dir, 'cells')})")
+    print(f"  alpha entropy {found['alpha_entropy_start']:.4f} -> {found['alpha_entropy_end']:.4f} (uniform "
+          f"{found['alpha_entropy_uniform']:.4f}); genotype: {genotype_path} (cells in "
+          f"{os.path.join(search_dir, 'cells')})")
     train_dir = os.path.join(out_dir, "train")
-    print("train: a small PocketNet (8 channels x 6 cells, 64-d) from that genotype, ArcFace, 28 people")
+    print("train: a small PocketNet (8 channels x 6 cells, 128-d, 56x56 input) from that genotype, ArcFace, 28 people")
     cfg = config_from_dict(TrainConfig, {
         "arch": "pocketnet", "genotype": genotype_path, "data": views["train"], "threads": threads, "seed": seed,
-        "model_kwargs": {"channels": 8, "layers": 6, "embedding_size": 64}, "batch_size": 28, "workers": 0,
+        "model_kwargs": DEMO_NETWORK, "batch_size": 28, "workers": 0,
         "epochs": 8, "lr": 0.1, "lr_reference_batch": 28, "milestones": [6], "margin_s": 32.0, "margin_m": 0.3,
         "log_every": 5, "compile": "false"})
-    history = train(cfg, train_dir)
+    with stage_clock(stages, "train"):
+        history = train(cfg, train_dir)
     model_path = os.path.join(train_dir, "model.pt")
-    from .models import load
-
-    trained = TorchEmbedder(load(model_path))
-    random_net = build("pocketnet", genotype=genotype_path, channels=8, layers=6, embedding_size=64)
-    faces = FolderDataset(views["train"], train=False).batch_uint8(range(0, 280, 2))
-    calibrate_batchnorm(random_net, [normalize(faces)])
     print("evaluate: verification on the 12 unseen people (300 pairs, 5 person-disjoint folds)")
-    results = {}
-    curves = {}
-    for name, embedder in (("trained", trained), ("untrained (same network)", TorchEmbedder(random_net.eval()))):
-        r = verify_folder(embedder, views["test"], n_pairs=300, folds=5, seed=seed, progress=False)
-        curves[name] = r.pop("roc_full")
-        results[name] = {k: r[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer", "tar_at_far")}
-        print(f"  {name}: accuracy {100 * r['accuracy_mean']:.2f} % +- {100 * r['accuracy_std']:.2f}, "
-              f"EER {100 * r['eer']:.2f} %, AUC {r['auc']:.4f}")
-    plots = [plot_roc(curves, os.path.join(out_dir, "eval", "roc.png"), "ORL, unseen people"),
-             plot_det(curves, os.path.join(out_dir, "eval", "det.png"), "ORL, unseen people")]
+    with stage_clock(stages, "evaluate"):
+        trained = TorchEmbedder(load(model_path))
+        random_net = build("pocketnet", genotype=genotype_path, **DEMO_NETWORK)
+        faces = FolderDataset(views["train"], train=False, size=DEMO_NETWORK["input_size"]).batch_uint8(range(0, 280, 2))
+        calibrate_batchnorm(random_net, [normalize(faces)])
+        results = {}
+        curves = {}
+        for name, embedder in (("trained", trained), ("untrained (same network)", TorchEmbedder(random_net.eval()))):
+            r = verify_folder(embedder, views["test"], n_pairs=300, folds=5, seed=seed, progress=False)
+            curves[name] = r.pop("roc_full")
+            results[name] = {k: r[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer", "tar_at_far")}
+            print(f"  {name}: accuracy {100 * r['accuracy_mean']:.2f} % +- {100 * r['accuracy_std']:.2f}, "
+                  f"EER {100 * r['eer']:.2f} %, AUC {r['auc']:.4f}")
+        plots = [plot_roc(curves, os.path.join(out_dir, "eval", "roc.png"), "ORL, unseen people"),
+                 plot_det(curves, os.path.join(out_dir, "eval", "det.png"), "ORL, unseen people")]
     print(f"  plots: {', '.join(plots)}")
-    shipped = ship(load(model_path), views["test"], os.path.join(out_dir, "ship", "model.onnx"))
+    with stage_clock(stages, "ship"):
+        shipped = ship(load(model_path), views["test"], os.path.join(out_dir, "ship", "model.onnx"))
     return {"search": {"genotype": genotype_path, "epochs": len(found["epochs"]),
-                       "val_acc": found["epochs"][-1]["val_acc"]},
+                       "val_acc": found["epochs"][-1]["val_acc"],
+                       **{k: found[k] for k in ("alpha_entropy_start", "alpha_entropy_end", "alpha_entropy_uniform")}},
             "train": {"model": model_path, "epochs": history["epochs"], "minutes": history["minutes"]},
             "evaluation": results, "plots": plots, "ship": shipped}
 

@@ -566,6 +566,7 @@ class Searcher(Run):
         final = self.history.get("final_genotype") or self.history["epochs"][-1]["genotype"]
         self.history["final_genotype"] = final
         self.history["alpha_entropy_end"] = (alpha_entropy(sn.alpha_normal) + alpha_entropy(sn.alpha_reduce)) / 2
+        self.history["alpha_entropy_uniform"] = math.log(len(self.space.operations))
         if not self.env.is_main:
             return
         g = Genotype.from_dict(final)
@@ -577,7 +578,7 @@ class Searcher(Run):
         logger.info("final genotype (genotype.json): %s", g.to_legacy())
         logger.info("alpha entropy %.4f -> %.4f (uniform: %.4f); best val acc %.2f%%",
                     self.history["alpha_entropy_start"], self.history["alpha_entropy_end"],
-                    math.log(len(self.space.operations)), 100 * self.history["best_val_acc"])
+                    self.history["alpha_entropy_uniform"], 100 * self.history["best_val_acc"])
 
 
 def search_step(model: SearchModel, architect: Architect, w_optim: torch.optim.Optimizer, tx, ty, vx, vy,
@@ -618,6 +619,6 @@ def alpha_heatmap(probs: Dict[str, torch.Tensor], ops: List[str]):
 
 def search(cfg: SearchConfig, out_dir: str, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
     """Run a search (what ``pocketnas search`` does): the process-wide settings ``cfg`` asks for, then the run."""
-    configure_process(cfg.threads, cfg.tune_malloc and not cfg.device.startswith("cuda"))
+    configure_process(cfg.threads, False if cfg.device.startswith("cuda") else cfg.tune_malloc)
     searcher = Searcher(cfg, out_dir, resume, overwrite)
     return run_to_end(searcher, searcher.run)

@@ -61,6 +61,7 @@ class TrainConfig:
     init_head: Optional[str] = None         # a run's checkpoint.pt (its class centres), or "imprint": centres from
     #                                         the starting network's embeddings of the training set (Qi et al. 2018)
     init_backbone: Optional[str] = None     # a pocketnas checkpoint of this arch: start the network from its weights
+    #                                         ("pretrained": the weights that ship with pocketnas for this arch)
     # distillation
     distill: List[Dict[str, Any]] = field(default_factory=list)  # the distillation terms, torchdistill-style:
     #                                         [{name: embedding, weight: 1000}, {name: sp, weight: 300}, ...];
@@ -91,7 +92,12 @@ class TrainConfig:
     amp: bool = True                        # the older switch: false makes precision auto mean fp32 on CUDA too
     channels_last: bool = True              # faster on CUDA and, measured in bench/train.py, on CPU too
     compile: Union[bool, str] = "auto"      # torch.compile the backbone: "auto" (runs of >= 300 steps), true, false
-    tune_malloc: bool = True                # glibc mallopt for CPU training (bench/train.py)
+    tune_malloc: Union[bool, str] = True    # glibc malloc on the CPU (engine/process.py): true keeps freed buffers
+    #                                         for the next step (fastest, bench/train.py), lean returns them at once
+    #                                         (lowest peak memory, bench/memory.py), false leaves glibc's defaults
+    grad_checkpointing: bool = False        # recompute each block's activations in the backward pass instead of
+    #                                         keeping them: PocketNetS-128 at batch 64 peaks near 2.5 GB instead
+    #                                         of 9.5, for about one more forward pass of compute (layers/checkpointing)
     threads: int = 0                        # CPU threads (0: leave torch's default)
     log_every: int = 10
     save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
@@ -117,6 +123,14 @@ class TrainConfig:
         check_precision(self.precision, source)
         if str(self.compile).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"{source}: compile must be auto, true or false, got {self.compile!r}")
+        from .process import malloc_mode
+
+        try:
+            malloc_mode(self.tune_malloc)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        if self.grad_checkpointing and str(self.compile).lower() == "true":
+            raise ConfigError(f"{source}: grad_checkpointing runs the network eagerly; drop compile: true")
         self._check_model(source)
 
     def _check_distillation(self, source: str) -> None:
@@ -185,9 +199,14 @@ class TrainConfig:
         from ..models.factory import require_trained
 
         multistep = self.kd_plan(source)[1]
+        if self.init_backbone == "pretrained":
+            from ..models import model_cfg
+
+            if model_cfg(self.arch).pretrained is None:
+                raise ConfigError(f"{source}: init_backbone: pretrained: no weights ship for {self.arch}")
         for key in ("data", "init_backbone"):
             path = getattr(self, key) or ""
-            if path and not os.path.exists(path):
+            if path and path != "pretrained" and not os.path.exists(path):
                 raise MissingFileError(f"{source}: {key} {path}: no such file or folder")
         if self.init_head not in (None, "", "imprint") and not os.path.isfile(self.init_head):
             raise MissingFileError(f"{source}: init_head {self.init_head}: no such file (a training checkpoint.pt, "
@@ -234,13 +253,19 @@ class TrainConfig:
 
         try:
             with torch.device("meta"):
-                create_model(self.arch, **self.model_overrides())
+                model = create_model(self.arch, **self.model_overrides())
         except ConfigError:
             raise
         except (TypeError, ValueError, KeyError) as e:
             msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             raise ConfigError(f"{source}: {self.arch} cannot be built with "
                               f"{self.model_overrides() or 'its defaults'}: {msg}") from None
+        if self.grad_checkpointing and not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"{source}: grad_checkpointing: {self.arch} cannot checkpoint its blocks (PocketNets, "
+                              f"MobileFaceNets and iResNets can)")
+        if self.grad_checkpointing and self.hint_layers:
+            raise ConfigError(f"{source}: grad_checkpointing recomputes the blocks the hint loss taps; use one or "
+                              f"the other")
 
     def kd_plan(self, source: str = "config") -> Tuple[List[str], bool]:
         """(distillation loss names, whether the teacher is multi-step) from ``distill`` or ``kd``."""

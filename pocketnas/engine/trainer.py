@@ -49,10 +49,15 @@ logger = logging.getLogger(__name__)
 
 def load_backbone_weights(backbone: nn.Module, path: str, arch: str) -> None:
     """Start ``backbone`` from the weights of a pocketnas checkpoint of the same architecture (continued training
-    with a new schedule, fine-tuning on other data); a file of another architecture, genotype or size is refused
-    before any work starts."""
+    with a new schedule, fine-tuning on other data), or from the weights shipped for ``arch`` (``path`` =
+    "pretrained"); a file of another architecture, genotype or size is refused before any work starts."""
     from ..models.checkpoint import load_state_dict_checked, read_checkpoint
 
+    if path == "pretrained":  # the weights that ship with the package for this architecture
+        from ..models import model_cfg
+        from ..models.factory import registered_weights_path
+
+        path = registered_weights_path(arch, model_cfg(arch))
     record = read_checkpoint(path)
     if record["arch"] != arch:
         raise ConfigError(f"init_backbone {path} holds a {record['arch']}, not this run's {arch}")
@@ -179,6 +184,11 @@ class Trainer(Run):
                          else create_model(cfg.arch, **cfg.model_overrides()))
         if cfg.init_backbone and self._given_backbone is None and self.resume_state is None:  # resume restores it
             load_backbone_weights(self.backbone, cfg.init_backbone, cfg.arch)
+        if cfg.grad_checkpointing:
+            if not hasattr(self.backbone, "set_grad_checkpointing"):
+                raise ConfigError(f"grad_checkpointing: {type(self.backbone).__name__} cannot checkpoint its blocks")
+            self.backbone.set_grad_checkpointing(True)
+            logger.info("activation checkpointing: each block recomputed in the backward pass")
         self.input_size = int(getattr(self.backbone, "input_size", 112))
         self.student_norm = self.backbone.pocketnas_cfg.input_norm
         self.kd_losses, multistep = cfg.kd_plan()
@@ -383,7 +393,8 @@ class Trainer(Run):
             self.module = self.module.to(memory_format=torch.channels_last)
         total_steps = self.steps_per_epoch * cfg.epochs
         want = str(cfg.compile).lower()
-        if want == "true" or (want == "auto" and total_steps >= 300 and self.hint_names is None):
+        if want == "true" or (want == "auto" and total_steps >= 300 and self.hint_names is None
+                              and not cfg.grad_checkpointing):
             self.backbone.compile()  # in place: state-dict keys unchanged
             logger.info("backbone compiled with torch.compile (first steps include compilation)")
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.module, device_ids=[env.device] if self.cuda
@@ -635,6 +646,6 @@ class Trainer(Run):
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
           overwrite: bool = False) -> Dict[str, Any]:
     """Train (what ``pocketnas train`` does): the process-wide settings ``cfg`` asks for, then the run."""
-    configure_process(cfg.threads, cfg.tune_malloc and not cfg.device.startswith("cuda"))
+    configure_process(cfg.threads, False if cfg.device.startswith("cuda") else cfg.tune_malloc)
     trainer = Trainer(cfg, out_dir, resume, backbone, overwrite)
     return run_to_end(trainer, trainer.fit)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..layers.checkpointing import GradCheckpointing
 from .registry import ModelCfg, register_model
 from .se import SqueezeExcite
 
@@ -41,7 +42,7 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class IResNet(nn.Module):
+class IResNet(GradCheckpointing, nn.Module):
     def __init__(self, layers: Sequence[int], embedding_size: int = 512, dropout: float = 0.0,
                  input_size: int = 112, se: bool = False):
         super().__init__()
@@ -79,9 +80,15 @@ class IResNet(nn.Module):
             raise InputError(f"iResNet expects N x 3 x {self.input_size} x {self.input_size} input, "
                              f"got {tuple(x.shape)}")
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x) if not self.grad_checkpointing else self._checkpointed_stage(stage, x)
         x = self.dropout(torch.flatten(self.bn2(x), 1))
         return self.features(self.fc(x))
+
+    def _checkpointed_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for block in stage:
+            x = self.run_block(block, x)
+        return x
 
 
 def _cfg(depth: int, params: Optional[int] = None) -> ModelCfg:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..layers.checkpointing import GradCheckpointing
 from .registry import ModelCfg, register_model
 
 
@@ -70,7 +71,7 @@ class GDC(nn.Module):
         return self.layers(x)
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(GradCheckpointing, nn.Module):
     def __init__(self, embedding_size: int = 128, blocks: Sequence[int] = (1, 4, 6, 2), scale: int = 1,
                  input_size: int = 112):
         super().__init__()
@@ -106,7 +107,7 @@ class MobileFaceNet(nn.Module):
             raise InputError(f"MobileFaceNet expects N x 3 x {self.input_size} x {self.input_size} input, "
                              f"got {tuple(x.shape)}")
         for layer in self.layers:
-            x = layer(x)
+            x = self.run_block(layer, x)
         return self.features(self.conv_sep(x))
 
 

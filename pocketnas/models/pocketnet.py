@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..errors import InputError
 from ..genotype import Genotype, get_genotype
 from ..layers import activation
+from ..layers.checkpointing import GradCheckpointing
 from .pretrained import SHIPPED
 from .registry import ModelCfg, register_model
 from .cells import SearchedCell
@@ -59,7 +60,7 @@ def final_map_size(input_size: int, reductions: int) -> int:
     return size
 
 
-class PocketNet(nn.Module):
+class PocketNet(GradCheckpointing, nn.Module):
     def __init__(self, genotype: Union[str, Dict[str, Any], Genotype] = "pocketnet_casia", channels: int = 16,
                  layers: int = 18, embedding_size: int = 128, stem_multiplier: int = 4, input_size: int = 112,
                  tail_width: Optional[int] = None, act: str = "prelu", se: bool = False):
@@ -111,7 +112,7 @@ class PocketNet(nn.Module):
                              f"got {tuple(x.shape)}; build it with input_size={x.shape[-1]} for other crops")
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
+            s0, s1 = s1, self.run_block(cell, s0, s1)
         return self.tail(s1).flatten(1)
 
 
