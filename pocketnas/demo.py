@@ -196,7 +196,8 @@ def run_pipeline(out_dir: str, threads: int = 2, seed: int = 0,
     with stage_clock(stages, "evaluate"):
         trained = TorchEmbedder(load(model_path))
         random_net = build("pocketnet", genotype=genotype_path, **DEMO_NETWORK)
-        faces = FolderDataset(views["train"], train=False, size=DEMO_NETWORK["input_size"]).batch_uint8(range(0, 280, 2))
+        faces = FolderDataset(views["train"], train=False, size=DEMO_NETWORK["input_size"])
+        faces = faces.batch_uint8(range(0, 280, 2))
         calibrate_batchnorm(random_net, [normalize(faces)])
         results = {}
         curves = {}

@@ -114,16 +114,20 @@ def test_init_backbone_pretrained_needs_shipped_weights(tmp_path):
     TrainConfig(arch="pocketnet_s_128", init_backbone="pretrained", data=str(tmp_path)).check_inputs()
 
 
+# The peak is read from /proc/self/status (VmHWM: this process's own address space), not getrusage's ru_maxrss,
+# which Linux carries over an exec from the forking parent (a pytest worker of several GB).
 PEAK_SCRIPT = """
-import resource, sys
+import sys
 from pocketnas.cli import main
 code = main(sys.argv[1:])
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+with open("/proc/self/status") as f:
+    print("PEAK_RSS_KB", next(line.split()[1] for line in f if line.startswith("VmHWM:")), flush=True)
 sys.exit(code or 0)
 """
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak from Linux's /proc")
 def test_folder_recipe_fine_tunes_300_faces_in_under_2_gb(tmp_path):
     """The folder recipe (no DataLoader workers: one process holds all) on 30 people x 10 real faces: the shipped
     network, an imprinted head, two steps of batch 32; the process's peak resident memory stays under 2 GB."""
@@ -138,7 +142,7 @@ def test_folder_recipe_fine_tunes_300_faces_in_under_2_gb(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     peak_kb = int(proc.stdout.split("PEAK_RSS_KB")[1].split()[0])
-    assert peak_kb < 2_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
+    assert 100_000 < peak_kb < 2_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
     assert (out / "model.pt").is_file()
     log = proc.stderr + proc.stdout
     assert "activation checkpointing" in log and "tuned for lean" in log
