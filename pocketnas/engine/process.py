@@ -9,8 +9,8 @@ glibc malloc tuning for CPU training, two ways (:data:`MALLOC_MODES`):
   maximum (32 MiB on 64-bit) and the trim threshold keeps them in the heap. Measured with ``bench/train.py``.
 - ``lean``: the opposite, for a small machine: every buffer of 256 KiB or more is mapped on its own and returned at
   once, so the heap does not fragment and the peak is what the step holds live (PocketNetS-128, batch 64 with
-  ``grad_checkpointing``: 3.2 GB with ``speed``, 1.4 GB with ``lean``; ``bench/memory.py``), for page faults each
-  step.
+  ``grad_checkpointing``: 3.45 GB with ``speed``, 1.50 GB with ``lean``), paid with page faults each step (a bare
+  step at batch 32 took 2.9 times as long; both in ``bench/memory.py``).
 
 A no-op off glibc.
 """

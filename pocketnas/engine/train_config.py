@@ -96,8 +96,9 @@ class TrainConfig:
     #                                         for the next step (fastest, bench/train.py), lean returns them at once
     #                                         (lowest peak memory, bench/memory.py), false leaves glibc's defaults
     grad_checkpointing: bool = False        # recompute each block's activations in the backward pass instead of
-    #                                         keeping them: PocketNetS-128 at batch 64 peaks near 2.5 GB instead
-    #                                         of 9.5, for about one more forward pass of compute (layers/checkpointing)
+    #                                         keeping them: PocketNetS-128 at batch 64 peaks at 3.45 GB instead of
+    #                                         10.07 (1.50 with tune_malloc: lean), for a fifth more time a step
+    #                                         (layers/checkpointing.py, bench/memory.py)
     threads: int = 0                        # CPU threads (0: leave torch's default)
     log_every: int = 10
     save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
