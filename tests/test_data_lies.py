@@ -275,7 +275,7 @@ def test_a_checkpoint_header_of_the_wrong_type_is_refused(field, value, tmp_path
 def test_a_malformed_candidates_json_is_named(content, message, tmp_path, capsys):
     path = tmp_path / "candidates.json"
     path.write_text(content)
-    from pocketnas.engine.nas_eval import load_entries
+    from pocketnas.evaluation.nas_eval import load_entries
 
     with pytest.raises(InputError, match=message):
         load_entries([str(path)])

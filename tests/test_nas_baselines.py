@@ -10,7 +10,7 @@ import torch
 import pocketnas
 from pocketnas.cli import main
 from pocketnas.data import orl_root
-from pocketnas.engine.nas_eval import Entry, format_table, load_entries, nas_eval, parse_shard
+from pocketnas.evaluation.nas_eval import Entry, format_table, load_entries, nas_eval, parse_shard
 from pocketnas.metrics.ranking import kendall_p, kendall_tau
 from pocketnas.nas.baselines import face_batch
 from pocketnas.errors import InputError
@@ -134,7 +134,7 @@ def test_nas_eval_writes_its_table_and_plot_and_resumes(tmp_path, orl_bin):
     with pytest.raises(SystemExit):
         def stop(*a, **k):
             raise SystemExit("killed")
-        import pocketnas.engine.nas_eval as ne
+        import pocketnas.evaluation.nas_eval as ne
         real = ne._evaluate_run
         ne._evaluate_run = stop
         try:

@@ -191,9 +191,10 @@ def test_a_run_whose_set_up_failed_does_not_block_the_retry(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = tiny(epochs=1, stop_after_steps=1, val_bins=[str(bad_bin)])
     from pocketnas.engine.trainer import train
+    from pocketnas.evaluation.validation import verify_bins
 
     with pytest.raises(pocketnas.errors.PocketnasError):
-        train(cfg, str(run))
+        train(cfg, str(run), verifier=verify_bins)
     assert sorted(os.listdir(run)) == ["log.txt"] and "broken.bin" in (run / "log.txt").read_text()
     train(tiny(epochs=1, stop_after_steps=1), str(run))  # the retry is not refused as "already holds a run"
     assert (run / "checkpoint.pt").exists()

@@ -14,6 +14,7 @@ from pocketnas.cli import main
 from pocketnas.data import orl_root
 from pocketnas.engine.run_folder import LOCK_NAME, RunFolder, RunFolderError
 from pocketnas.engine.trainer import train
+from pocketnas.evaluation.validation import verify_bins
 
 from conftest import REPO
 from test_train import tiny
@@ -305,7 +306,7 @@ def test_case08_empty_png_and_missing_val_bin_found_up_front(tmp_path):
     with pytest.raises(InputError, match=r"s2/empty.png: empty file \(0 bytes\)"):
         train(tiny(data=str(data)), str(tmp_path / "a"))
     with pytest.raises(FileNotFoundError, match="val_bins: .*nope.bin: no such .bin file"):
-        train(tiny(val_bins=[str(tmp_path / "nope.bin")]), str(tmp_path / "b"))
+        train(tiny(val_bins=[str(tmp_path / "nope.bin")]), str(tmp_path / "b"), verifier=verify_bins)
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "c"), "--skip-bad", "--set", "epochs=1",
                  "--set", "batch_size=8", "--set", "max_batches_per_epoch=1", "--set", "arch=pocketnet",

@@ -12,6 +12,7 @@ from pocketnas.config import ConfigError, config_from_dict, load_config, package
 from pocketnas.data import orl_root
 from pocketnas.engine.train_config import TrainConfig
 from pocketnas.engine.trainer import train
+from pocketnas.evaluation.validation import verify_bins
 
 
 TINY = dict(arch="pocketnet", model_kwargs={"channels": 4, "layers": 3, "embedding_size": 32}, batch_size=16,
@@ -40,9 +41,17 @@ def tiny_teacher(tmp_path_factory):
     return run
 
 
+def test_val_bins_need_a_verifier_from_above(tmp_path, orl_bin):
+    """The engine does not import evaluation: a run that verifies on .bin sets is given the verifier (the command
+    line gives evaluation.validation.verify_bins), and without one is refused before its folder is made."""
+    with pytest.raises(ConfigError, match="needs a verifier"):
+        train(tiny(val_bins=[orl_bin]), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_run_writes_everything(tmp_path, orl_bin):
-    history = train(tiny(val_bins=[orl_bin]), str(tmp_path))
+    history = train(tiny(val_bins=[orl_bin]), str(tmp_path), verifier=verify_bins)
     for f in ("checkpoint.pt", "model.pt", "log.txt", "config.yaml"):
         assert (tmp_path / f).exists(), f
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))

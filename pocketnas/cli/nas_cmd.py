@@ -42,7 +42,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_nas_eval(args: argparse.Namespace) -> int:
-    from ..engine.nas_eval import format_table, load_entries, nas_eval, parse_shard
+    from ..evaluation.nas_eval import format_table, load_entries, nas_eval, parse_shard
 
     shard = parse_shard(args.shard)
     overrides = (args.set or []) + ([f"precision={args.precision}"] if args.precision else [])

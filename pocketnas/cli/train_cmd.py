@@ -12,6 +12,7 @@ from .io import CommandIO, declare
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..engine.train_config import load_train_config
     from ..engine.trainer import train
+    from ..evaluation.validation import verify_bins
 
     extra = {"data": args.data, "genotype": args.genotype, "teacher": args.teacher, "kd": args.kd,
              "teacher_arch": args.teacher_arch, "teacher_input_norm": args.teacher_input_norm,
@@ -21,7 +22,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.skip_bad:
         extra["skip_bad"] = True
     cfg = load_train_config(args.config, args.set or [], extra, resume_from=args.out if args.resume else None)
-    history = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    history = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, verifier=verify_bins)
     if "stopped_at_step" not in history:
         print(f"trained {cfg.arch} for {cfg.epochs} epochs in {history['minutes']:.1f} min: "
               f"{os.path.join(args.out, 'model.pt')}")

@@ -101,7 +101,9 @@ def _prune_one(model, method, rate, data, out_dir, finetune_epochs, teacher, bin
         cfg = load_config(TrainConfig, None, ["lr=0.01", "milestones=[]", "compile=false", "warmup_epochs=0",
                                               *finetune_overrides], extra)
         pruned.train()
-        train(cfg, os.path.join(out_dir, "finetune"), backbone=pruned, overwrite=overwrite)
+        from ..evaluation.validation import verify_bins
+
+        train(cfg, os.path.join(out_dir, "finetune"), backbone=pruned, overwrite=overwrite, verifier=verify_bins)
         pruned.eval()
     make_permanent(pruned)
     final = sparsity(pruned)

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,9 @@ from .teacher_bank import TeacherBank, bank_is_complete, bank_key, build_teacher
 from .teachers import (FixedTeacher, LiveTeacher, MultiStepTeacher, TeacherCache, build_fixed_teacher, cache_key,
                        hint_layers_of, shared_cache_folder, teacher_fingerprint)
 from .train_config import TrainConfig, recipe_of
-from .validation import verify_bins
+
+# verifier(embedder, bins, flip=..., progress=...) -> {set stem: results}: evaluation.validation.verify_bins
+BinVerifier = Callable[..., Dict[str, Dict[str, Any]]]
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +146,23 @@ class Trainer(Run):
         resume: continue exactly from ``out_dir/checkpoint.pt``; overwrite: replace a previous run there.
         backbone: an already built network to train instead of ``cfg.arch`` (e.g. a pruned one to fine-tune;
             its pruning masks hold through training).
+        verifier: what verifies the network on ``cfg.val_bins`` (``verifier(embedder, bins, flip=...,
+            progress=False)`` -> results keyed by set): :func:`pocketnas.evaluation.validation.verify_bins`, given
+            by the layers above (the command line, ``prune``); the engine does not import evaluation. Needed only
+            with ``val_bins``.
 
     :meth:`fit` trains and returns the history; :func:`train` does both and closes the run."""
 
     kind = "train"
 
     def __init__(self, cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, verifier: Optional[BinVerifier] = None):
         self._given_backbone = backbone
+        self._verifier = verifier
+        if cfg.val_bins and verifier is None:
+            raise ConfigError("val_bins: this run verifies on .bin sets, so it needs a verifier: pass "
+                              "verifier=pocketnas.evaluation.validation.verify_bins to train() or Trainer() (the "
+                              "command line does)")
         cfg.check_inputs()  # a missing file or an untrained teacher, before the run folder is touched
         self._start(cfg, out_dir, resume, overwrite)
 
@@ -629,7 +640,7 @@ class Trainer(Run):
             # the training network's memory format is left as the run set it (a resume sees the same network)
             embedder = model_embedder(self.backbone, engine="auto", device=self.env.device, threads=self.cfg.threads,
                                       channels_last=self.cfg.channels_last)
-            results = verify_bins(embedder, self.cfg.val_bins, flip=self.cfg.val_flip, progress=False)
+            results = self._verifier(embedder, self.cfg.val_bins, flip=self.cfg.val_flip, progress=False)
         finally:
             self.backbone.train()
         out = {}
@@ -644,8 +655,9 @@ class Trainer(Run):
         return out
 
 def train(cfg: TrainConfig, out_dir: str, resume: bool = False, backbone: Optional[nn.Module] = None,
-          overwrite: bool = False) -> Dict[str, Any]:
-    """Train (what ``pocketnas train`` does): the process-wide settings ``cfg`` asks for, then the run."""
+          overwrite: bool = False, verifier: Optional[BinVerifier] = None) -> Dict[str, Any]:
+    """Train (what ``pocketnas train`` does): the process-wide settings ``cfg`` asks for, then the run (arguments
+    as :class:`Trainer`'s)."""
     configure_process(cfg.threads, False if cfg.device.startswith("cuda") else cfg.tune_malloc)
-    trainer = Trainer(cfg, out_dir, resume, backbone, overwrite)
+    trainer = Trainer(cfg, out_dir, resume, backbone, overwrite, verifier)
     return run_to_end(trainer, trainer.fit)

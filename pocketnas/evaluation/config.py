@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List
 
 from ..config import ConfigError, load_config
-from ..engine.validation import verify_bins
+from .validation import verify_bins
 from ..models.embedders import Embedder
 from .run import verify_ijb
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..engine.validation import verify_bins  # noqa: F401  (part of this module's interface)
+from .validation import verify_bins  # noqa: F401  (part of this module's interface)
 from ..errors import InputError
 from ..jsonfile import read_json_object, require
 from ..models.embedders import Embedder, OnnxEmbedder, TorchEmbedder, embed_images

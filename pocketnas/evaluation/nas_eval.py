@@ -220,8 +220,9 @@ def _plan(entries: Sequence[Entry], out_dir: str, seeds: Sequence[int]) -> List[
 def _run_plan(plan, data: str, bins: Sequence[str], recipe: Optional[str], overrides: Sequence[str], flip: bool,
               shard: Tuple[int, int]) -> Dict[Tuple[str, int], Any]:
     """Train and evaluate this shard's unfinished runs (resuming an interrupted one); every run's config."""
-    from .train_config import load_train_config
-    from .trainer import train
+    from ..engine.train_config import load_train_config
+    from ..engine.trainer import train
+    from .validation import verify_bins
 
     k_shard, n_shards = shard
     cfgs = {}
@@ -234,7 +235,7 @@ def _run_plan(plan, data: str, bins: Sequence[str], recipe: Optional[str], overr
         resume = os.path.isfile(os.path.join(run, "checkpoint.pt"))
         logger.info("nas-eval: %s seed %d (%s)", e.name, seed, "resuming" if resume else "training")
         # a folder without a checkpoint holds nothing to keep (a run killed before its first epoch ended)
-        train(cfg, run, resume=resume, overwrite=not resume)
+        train(cfg, run, resume=resume, overwrite=not resume, verifier=verify_bins)
         atomic_write(done, json.dumps(_evaluate_run(run, bins, flip)))
     return cfgs
 
