@@ -43,6 +43,17 @@ image_side = _number(int, "image side", 8, 4096, what="between 8 and 4096 pixels
 size_or_keep = _number(int, "image side", 0, 4096, what="0 (keep the size) or a side up to 4096 pixels")
 
 
+def width_height(text: str):
+    """``WxH`` (e.g. 96x48): an image size that need not be square, each side 8 to 4096 pixels."""
+    parts = text.lower().split("x")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 96x48")
+    return tuple(image_side(p) for p in parts)
+
+
+width_height.__name__ = "WIDTHxHEIGHT size"
+
+
 def opset(text: str) -> int:
     """An ONNX opset that torch's exporter writes and ONNX Runtime runs (checked against the installed torch)."""
     value = nonnegative_int(text)

@@ -7,7 +7,7 @@ from typing import List
 
 from ..atomic import atomic_write_json
 from ..outputs import Output
-from .argtypes import jpeg_quality, nonnegative_int, positive_int, size_or_keep
+from .argtypes import jpeg_quality, nonnegative_int, positive_int, size_or_keep, width_height
 from .common import PACK_FILES
 from .io import CommandIO, declare
 
@@ -49,6 +49,36 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crop(args: argparse.Namespace) -> int:
+    from ..data.crop import crop_any, crop_picture, make_crop, sample_faces
+
+    crop = make_crop(args.region, args.box, args.size)
+    result = crop_any(args.source, args.out, crop, quality=args.quality)
+    what = f"{result['pairs']} pairs" if result["kind"] == "bin" else f"{result['identities']} identities"
+    print(f"wrote {args.out}: {result['images']} {crop.region} crops of {crop.width}x{crop.height} (box "
+          f"{', '.join(f'{c:g}' for c in crop.box)} of the 112x112 template), {what}")
+    if args.picture:
+        print(f"picture: {crop_picture(sample_faces(args.source), crop, args.picture)}")
+    return 0
+
+
+def _crop_outputs(args: argparse.Namespace) -> List[Output]:
+    """What ``data crop`` writes: a .bin file, or a folder holding a pack or the source's identity folders."""
+    from ..data.crop import source_kind
+
+    try:
+        kind = source_kind(args.source)
+    except Exception:  # a missing source: refused by must_exist before this matters
+        return []
+    if kind == "bin":
+        return [Output(args.out, "OUT")]
+    if kind == "pack":
+        return [Output(args.out, "OUT", PACK_FILES[:3] + ("crop.json",))]
+    names = sorted(d for d in os.listdir(args.source) if not d.startswith(".")
+                   and os.path.isdir(os.path.join(args.source, d)))
+    return [Output(args.out, "OUT", tuple(names) + ("crop.json",))]
+
+
 def _contact_sheet_default(args: argparse.Namespace) -> List[Output]:
     if args.out:
         return []
@@ -57,7 +87,7 @@ def _contact_sheet_default(args: argparse.Namespace) -> List[Output]:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The subcommands data."""
-    s = sub.add_parser("data", help="pack folders into RecordIO, make pairs .bin files, inspect data")
+    s = sub.add_parser("data", help="pack folders into RecordIO, make pairs .bin files, crop regions, inspect data")
     dsub = s.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("pack", help="image folder (root/<identity>/<image>) -> train.rec/.idx/property")
     d.add_argument("folder", help="aligned faces as FOLDER/<identity>/<image>")
@@ -89,6 +119,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="threads encoding images (default: the CPU count)")
     declare(d, CommandIO(inputs=("folder",), must_exist=("folder",), files=("out",)))
     d.set_defaults(func=_cmd_pairs)
+    d = dsub.add_parser("crop", help="a region of aligned faces (periocular, one eye, a box) from a pack, a folder "
+                                     "or a .bin into the same kind of file")
+    d.add_argument("source", help="aligned faces: a RecordIO pack (folder with train.rec, or a .rec), a folder "
+                                  "SOURCE/<identity>/<image>, or a .bin of pairs")
+    d.add_argument("out", help="where the crops go: a .bin for a .bin, else a folder (a pack for a pack)")
+    d.add_argument("--region", default="periocular", choices=["periocular", "left_eye", "right_eye"],
+                   help="periocular: both eyes and brows, 80x40 of the 112x112 template (default); left_eye / "
+                        "right_eye: 36x36 around the eye on the image's left / right")
+    d.add_argument("--box", help="any other box, x0,y0,x1,y1 in 112x112 template pixels (instead of --region)")
+    d.add_argument("--size", type=width_height, help="resize the crops to WIDTHxHEIGHT (default: the box's own "
+                                                     "size in template pixels, e.g. 80x40)")
+    d.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality of packs and .bin files "
+                                                                      "(folders are written as PNG)")
+    d.add_argument("--picture", help="also draw a few faces with the box and their crops into this PNG")
+    declare(d, CommandIO(inputs=("source",), must_exist=("source",), files=("picture",), extra=_crop_outputs))
+    d.set_defaults(func=_cmd_crop)
     d = dsub.add_parser("inspect", help="identities, images, per-identity histogram, contact sheet PNG")
     d.add_argument("path", help="a RecordIO folder or .rec, a .bin, or an image folder")
     d.add_argument("--out", help="contact sheet PNG (default NAME_contact.png)")
