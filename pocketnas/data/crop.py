@@ -182,30 +182,24 @@ def crop_any(src: str, out: str, crop: Crop, quality: int = 95) -> Dict[str, Any
 
 
 def crop_picture(faces: Sequence[np.ndarray], crop: Crop, path: str) -> str:
-    """A PNG of a few aligned faces with the box drawn on each, and each crop beside its face."""
+    """A PNG of a few aligned faces with the box drawn on each, and each crop beside its face (tiled by
+    :func:`pocketnas.data.inspect.contact_sheet`)."""
     from PIL import Image, ImageDraw
 
-    from ..atomic import atomic_save_image
+    from .inspect import contact_sheet
 
     tiles = []
     for face in faces:
         im = Image.fromarray(np.ascontiguousarray(face.transpose(1, 2, 0))).resize((TEMPLATE_SIZE, TEMPLATE_SIZE))
-        draw = ImageDraw.Draw(im)
-        draw.rectangle(crop.box, outline=(255, 64, 64), width=2)
+        ImageDraw.Draw(im).rectangle(crop.box, outline=(255, 64, 64), width=2)
         cut = Image.fromarray(crop_face(face, crop).transpose(1, 2, 0))
         scale = min(TEMPLATE_SIZE / cut.width, TEMPLATE_SIZE / cut.height)
         cut = cut.resize((max(1, round(cut.width * scale)), max(1, round(cut.height * scale))))
-        tile = Image.new("RGB", (2 * TEMPLATE_SIZE + 4, TEMPLATE_SIZE), (255, 255, 255))
+        tile = Image.new("RGB", (2 * TEMPLATE_SIZE + 12, TEMPLATE_SIZE + 8), (255, 255, 255))
         tile.paste(im, (0, 0))
         tile.paste(cut, (TEMPLATE_SIZE + 4, (TEMPLATE_SIZE - cut.height) // 2))
-        tiles.append(tile)
-    cols = min(4, len(tiles))
-    rows = (len(tiles) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * (tiles[0].width + 8), rows * (TEMPLATE_SIZE + 8)), (255, 255, 255))
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % cols) * (tile.width + 8), (i // cols) * (TEMPLATE_SIZE + 8)))
-    atomic_save_image(sheet, path)
-    return path
+        tiles.append(np.asarray(tile).transpose(2, 0, 1))
+    return contact_sheet(np.stack(tiles), path, columns=min(4, len(tiles)))
 
 
 def sample_faces(src: str, n: int = 8) -> List[np.ndarray]:
