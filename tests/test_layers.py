@@ -11,7 +11,7 @@ import pocketnas
 # bottom to top; a unit may import only units of a lower rank (and itself)
 RANKS = {
     "version": 0, "errors": 0, "atomic": 0,
-    "config": 1, "registry": 1, "onnx_runtime": 1, "outputs": 1, "jsonfile": 1,
+    "config": 1, "registry": 1, "image_size": 1, "onnx_runtime": 1, "outputs": 1, "jsonfile": 1,
     "data": 2, "layers": 2, "metrics": 2,
     "genotype": 3, "losses": 3, "detection": 3,
     "models": 4,

@@ -51,6 +51,25 @@ def test_pairs_bin_from_folder(tmp_path):
     assert read_bin_raw(str(again)) == read_bin_raw(str(tmp_path / "orl_pairs.bin"))
 
 
+def test_pairs_from_a_pack_copy_its_bytes_and_draw_as_from_the_folder(tmp_path, capsys):
+    """A labelled pack gives the same pairs as the folder it was packed from (one draw rule), each image's stored
+    JPEG bytes copied, not re-encoded; the command line takes either."""
+    pack_folder(orl_root(), str(tmp_path / "pack"), workers=2)
+    assert main(["data", "pairs", str(tmp_path / "pack"), str(tmp_path / "from_pack.bin"), "--pairs", "200",
+                 "--seed", "3"]) == 0
+    assert "200 pairs (100 genuine) in 10 folds, person-disjoint" in capsys.readouterr().out
+    pairs_from_folder(orl_root(), str(tmp_path / "from_folder.bin"), 200, seed=3)
+    bins, issame = read_bin_raw(str(tmp_path / "from_pack.bin"))
+    assert (bins, issame) == read_bin_raw(str(tmp_path / "from_folder.bin"))
+    stored = set()
+    ds = RecordDataset(str(tmp_path / "pack"), train=False)
+    from pocketnas.data.recordio import unpack_payload
+
+    for key in ds.keys:
+        stored.add(unpack_payload(ds.reader.read(int(key)), "record")[2])
+    assert set(bins) <= stored
+
+
 def test_data_commands(tmp_path, shared, capsys):
     assert main(["data", "pack", orl_root(), str(tmp_path / "pack"), "--workers", "2"]) == 0
     assert main(["data", "pairs", orl_root(), str(tmp_path / "p.bin"), "--pairs", "100"]) == 0

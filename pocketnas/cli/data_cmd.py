@@ -29,10 +29,15 @@ def _cmd_subset(args: argparse.Namespace) -> int:
 
 
 def _cmd_pairs(args: argparse.Namespace) -> int:
-    from ..data.pack import pairs_from_folder
+    from ..data.crop import source_kind
+    from ..data.pack import pairs_from_folder, pairs_from_pack
 
-    info = pairs_from_folder(args.folder, args.out, args.pairs, folds=args.folds, seed=args.seed,
-                             size=args.size or None, workers=args.workers)
+    if source_kind(args.folder) == "pack":
+        info = pairs_from_pack(args.folder, args.out, args.pairs, folds=args.folds, seed=args.seed,
+                               size=args.size or None)
+    else:
+        info = pairs_from_folder(args.folder, args.out, args.pairs, folds=args.folds, seed=args.seed,
+                                 size=args.size or None, workers=args.workers)
     print(f"wrote {info['path']}: {info['pairs']} pairs ({info['genuine']} genuine) in {info['folds']} folds"
           f"{', person-disjoint' if info['person_disjoint_folds'] else ''}")
     return 0
@@ -107,8 +112,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     declare(d, CommandIO(inputs=("pack",), must_exist=("pack",),
                          folders=(("out_dir", PACK_FILES[:3] + ("subset.txt",)),)))
     d.set_defaults(func=_cmd_subset)
-    d = dsub.add_parser("pairs", help="image folder -> verification pairs .bin (10 folds, seeded)")
-    d.add_argument("folder", help="aligned faces as FOLDER/<identity>/<image> (e.g. people held out of training)")
+    d = dsub.add_parser("pairs", help="image folder or pack -> verification pairs .bin (10 folds, seeded)")
+    d.add_argument("folder", help="aligned faces as FOLDER/<identity>/<image> (e.g. people held out of training), "
+                                  "or a labelled RecordIO pack (its JPEG bytes copied as stored)")
     d.add_argument("out", help="the .bin file to write (insightface's format, as lfw.bin)")
     d.add_argument("--pairs", type=positive_int, default=600, help="pairs in all, half genuine (default 600, a "
                                                                       "multiple of 2 x folds)")

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..data.transforms import normalize
 from ..errors import InputError, PocketnasError
+from ..image_size import Size, as_hw, input_hw, shape_hw
 from ..onnx_runtime import cpu_session
 from ..models.export import export_onnx
 
@@ -25,12 +26,23 @@ class ExportError(PocketnasError, RuntimeError):
     """An exported model that does not reproduce the original within tolerance."""
 
 
-def face_crops(path: Optional[str], count: int = 256, size: int = 112, seed: int = 0) -> np.ndarray:
-    """Up to ``count`` real face crops (uint8 N x 3 x S x S) from a folder, RecordIO pack or .bin; the bundled ORL
-    faces when ``path`` is None."""
+def face_crops(path: Optional[str], count: int = 256, size: Size = 112, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` real face crops (uint8 N x 3 x H x W, ``size`` a side or (height, width)) from a folder,
+    RecordIO pack or .bin; the bundled ORL faces when ``path`` is None (for a non-square size, their periocular
+    band, as ``pocketnas data crop --region periocular`` cuts it, at that size)."""
     from ..data.bundled import orl_root
     from ..data.face_sets import open_face_dataset
 
+    h, w = as_hw(size)
+    if path is None and h != w:
+        from ..data.crop import crop_face, make_crop
+
+        crop = make_crop("periocular", size=(w, h))
+        faces = open_face_dataset(orl_root(), 112)
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(len(faces), min(count, len(faces)), replace=False))
+        logger.info("no calibration set given: the periocular band of %d bundled ORL faces", len(pick))
+        return np.stack([crop_face(faces.sample_uint8(int(i))[0], crop) for i in pick])
     path = path or orl_root()
     if path.endswith(".bin"):
         from ..data.binfile import read_bin
@@ -153,8 +165,7 @@ def onnx_file_latency(path: str, threads: int, repeats: int = 30) -> float:
 
     session = cpu_session(path, threads)
     inp = session.get_inputs()[0]
-    size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 112
-    x = np.random.rand(1, 3, size, size).astype(np.float32)
+    x = np.random.rand(1, 3, *shape_hw(inp.shape)).astype(np.float32)
     return 1000 * median_seconds(lambda: session.run(None, {inp.name: x}), 5, repeats)
 
 
@@ -172,9 +183,8 @@ def file_cost(path: str) -> Dict[str, Any]:
 def export_torchscript(model: nn.Module, path: str, crops: np.ndarray) -> Dict[str, Any]:
     norm = model.pocketnas_cfg.input_norm if hasattr(model, "pocketnas_cfg") else "arcface"
     model.eval()
-    size = int(getattr(model, "input_size", 112))
     with torch.no_grad():
-        traced = torch.jit.trace(model, torch.zeros(1, 3, size, size), check_trace=False)
+        traced = torch.jit.trace(model, torch.zeros(1, 3, *input_hw(model)), check_trace=False)
     traced.save(path)
     loaded = torch.jit.load(path)
     parity = compare_outputs(torch_outputs(model, crops, norm), torch_outputs(loaded, crops, norm))

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..data.transforms import normalize
+from ..image_size import Size, input_hw
 from ..models.checkpoint import save
 from ..models.factory import load
 from ..models.embedders import TorchEmbedder
@@ -36,7 +37,7 @@ def verification_accuracy(model: nn.Module, bin_path: Optional[str]) -> Optional
     return bin_result(TorchEmbedder(model, channels_last=False), bin_path)["accuracy_mean"] if bin_path else None
 
 
-def gradient_batches(data: str, input_size: int, norm: str, batches: int = 8, batch_size: int = 32,
+def gradient_batches(data: str, input_size: Size, norm: str, batches: int = 8, batch_size: int = 32,
                      seed: int = 0):
     """A few labelled, normalised batches of faces for gradient-based importance scores."""
     from ..data.face_sets import open_face_dataset
@@ -82,7 +83,7 @@ def _prune_one(model, method, rate, data, out_dir, finetune_epochs, teacher, bin
 
     t0 = time.perf_counter()
     norm = model.pocketnas_cfg.input_norm
-    size = int(getattr(model, "input_size", 112))
+    size = input_hw(model)
     report: Dict[str, Any] = {"method": method, "rate": rate, "accuracy_before": verification_accuracy(model, bin_path)}
     pruned = copy.deepcopy(model).eval()
     scores = None
@@ -179,7 +180,7 @@ def _sweep(model, methods, rates, data, out_dir, finetune_epochs, teacher, bin_p
         from .deploy import export_checked, face_crops, file_cost
 
         onnx_path = os.path.join(out_dir, "unpruned", "model.onnx")
-        export_checked(model, onnx_path, face_crops(None, 32, int(getattr(model, "input_size", 112))))
+        export_checked(model, onnx_path, face_crops(None, 32, input_hw(model)))
         unpruned = file_cost(onnx_path)
         base = onnx_accuracy(onnx_path, bin_path) if bin_path else None
     else:
@@ -245,7 +246,7 @@ def export_model(model: nn.Module, fmt: str, out: str, calib: Optional[str] = No
     appear at ``out`` (and, for int8, its ``.fp32.onnx`` sibling) only when every check has passed."""
     from .deploy import face_crops
 
-    size = int(getattr(model, "input_size", 112))
+    size = input_hw(model)
     norm = model.pocketnas_cfg.input_norm
     crops = face_crops(calib, 256, size)
     report: Dict[str, Any] = {"format": fmt, "calibration_images": int(len(crops)), "input_norm": norm}

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import InputError, MissingFileError
+from ..image_size import Size, as_hw, hw_text
 from .decode import decode_image, encode_jpeg, looks_like_image
 from .errors import DataFormatError
 
@@ -83,21 +84,23 @@ def _physical_memory() -> int:
         return 1 << 40
 
 
-def check_decoded_size(path: str, bins: List[bytes], size: int) -> None:
+def check_decoded_size(path: str, bins: List[bytes], size: Size) -> None:
     """Refuse a ``.bin`` whose decoded images would not fit in this machine's memory, before allocating them: a
     pickle can list one stored image any number of times at a few bytes each, so a small file can demand
     unbounded memory."""
-    need = len(bins) * 3 * size * size
+    h, w = as_hw(size)
+    need = len(bins) * 3 * h * w
     have = _physical_memory()
     if need > have // 2:
         distinct = len({id(b) for b in bins})
         raise DataFormatError(f"{path}: {len(bins):,} image entries ({distinct:,} distinct stored images) would "
-                              f"take {need / 2 ** 30:.1f} GiB decoded at {size}x{size}, more than half of this "
+                              f"take {need / 2 ** 30:.1f} GiB decoded at {hw_text(size)}, more than half of this "
                               f"machine's {have / 2 ** 30:.1f} GiB; refused before decoding")
 
 
-def read_bin(path: str, size: int = 112, workers: int = 2, progress: bool = True) -> Tuple[np.ndarray, List[bool]]:
-    """(images N x 3 x size x size uint8 RGB in file order, issame list) from an insightface ``.bin``.
+def read_bin(path: str, size: Size = 112, workers: int = 2, progress: bool = True) -> Tuple[np.ndarray, List[bool]]:
+    """(images N x 3 x H x W uint8 RGB in file order, issame list) from an insightface ``.bin``; ``size`` is a side
+    or (height, width) (a periocular ``.bin`` from ``pocketnas data crop`` is not square).
 
     Images stored at another size are resized (bilinear) to ``size`` and a warning says so.
     """
@@ -106,13 +109,14 @@ def read_bin(path: str, size: int = 112, workers: int = 2, progress: bool = True
     path = os.fspath(path)
     bins, issame = read_bin_raw(path)
     check_decoded_size(path, bins, size)
-    images = np.empty((len(bins), 3, size, size), dtype=np.uint8)
+    hw = as_hw(size)
+    images = np.empty((len(bins), 3, *hw), dtype=np.uint8)
     resized = []
 
     def work(i: int) -> None:
         where = f"{path}: image {i} (pair {i // 2})"
         arr = decode_image(bins[i], where)
-        if arr.shape[1:] != (size, size):
+        if arr.shape[1:] != hw:
             resized.append(arr.shape[1:])
             arr = decode_image(bins[i], where, size)
         images[i] = arr
@@ -122,8 +126,8 @@ def read_bin(path: str, size: int = 112, workers: int = 2, progress: bool = True
         list(tqdm(pool.map(work, range(len(bins))), total=len(bins), desc=f"decoding {name}", unit="img",
                   disable=not progress or len(bins) < 2000))
     if resized:
-        logger.warning("%s: %d images were stored at %s, resized to %dx%d", path, len(resized),
-                       "x".join(map(str, resized[0])), size, size)
+        logger.warning("%s: %d images were stored at %s, resized to %s", path, len(resized),
+                       "x".join(map(str, resized[0])), hw_text(hw))
     return images, issame
 
 

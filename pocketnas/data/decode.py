@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..image_size import Size, pil_size
 from .errors import DataFormatError
 from .transforms import pil_to_chw_uint8
 
@@ -68,8 +69,9 @@ def check_pixels(width: int, height: int, where: str) -> None:
                               f"({MAX_PIXELS / 1e6:.0f} M): a decompression bomb, or not a face photo")
 
 
-def decode_image(data: bytes, where: str, size: Optional[int] = None) -> np.ndarray:
-    """JPEG/PNG bytes -> 3 x H x W uint8 RGB; resized (bilinear) to ``size`` x ``size`` when given and different.
+def decode_image(data: bytes, where: str, size: Optional[Size] = None) -> np.ndarray:
+    """JPEG/PNG bytes -> 3 x H x W uint8 RGB; resized (bilinear) to ``size`` (a side or (height, width)) when given
+    and different.
     An image over :data:`MAX_PIXELS` is refused from its header, before decoding."""
     from PIL import Image
 
@@ -80,8 +82,8 @@ def decode_image(data: bytes, where: str, size: Optional[int] = None) -> np.ndar
         with Image.open(io.BytesIO(data)) as im:
             check_pixels(im.size[0], im.size[1], where)
             im.load()
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
+            if size is not None and im.size != pil_size(size):
+                im = im.resize(pil_size(size), Image.BILINEAR)
             return pil_to_chw_uint8(im)
     except DataFormatError:
         raise

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 
+from ..image_size import Size
 
-def open_face_dataset(path: str, size: int = 112, labelled: bool = True, skip_bad: bool = False):
+
+def open_face_dataset(path: str, size: Size = 112, labelled: bool = True, skip_bad: bool = False):
     """A RecordIO pack (folder with ``train.rec`` or a ``.rec``) or an image folder ``root/<identity>/<image>``.
     ``labelled=False``: labels are not read (every label -1): a pack without identity records or ``property``, or
     a folder of images at any depth, will do. Every image is checked up front (framing, label, format signature:

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError, MissingFileError
+from ..image_size import Size, pil_size, recorded
 from .transforms import check_norm, normalize, pil_to_chw_uint8
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,9 @@ def scan_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
     return identities, samples
 
 
-def load_image(path: str, size: Optional[int] = 112) -> np.ndarray:
-    """Decode one image to 3 x S x S uint8 RGB (resized with bilinear filtering when ``size`` differs)."""
+def load_image(path: str, size: Optional[Size] = 112) -> np.ndarray:
+    """Decode one image to 3 x H x W uint8 RGB (resized with bilinear filtering to ``size``, a side or (height,
+    width), when it differs)."""
     from PIL import Image, UnidentifiedImageError
 
     from .decode import check_pixels, image_dimensions
@@ -91,8 +93,8 @@ def load_image(path: str, size: Optional[int] = 112) -> np.ndarray:
         with Image.open(path) as im:
             check_pixels(im.size[0], im.size[1], path)
             im.load()
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
+            if size is not None and im.size != pil_size(size):
+                im = im.resize(pil_size(size), Image.BILINEAR)
             return pil_to_chw_uint8(im)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
         raise InputError(f"{path}: cannot decode image ({e})") from None
@@ -115,7 +117,7 @@ class FolderDataset(Dataset):
     below ``root``, at any depth, with label -1 (for training on a teacher alone).
     """
 
-    def __init__(self, root: str, train: bool = True, size: Optional[int] = 112, norm: str = "arcface",
+    def __init__(self, root: str, train: bool = True, size: Optional[Size] = 112, norm: str = "arcface",
                  labelled: bool = True, skip_bad: bool = False):
         self.root = root
         self.train = train
@@ -185,7 +187,7 @@ class FolderDataset(Dataset):
         label, size in bytes and modification time, and the decoded size."""
         import hashlib
 
-        h = hashlib.sha256(f"folder:{self.size}:".encode())
+        h = hashlib.sha256(f"folder:{self.size if self.size is None else recorded(self.size)}:".encode())
         for path, label in self.samples:
             st = os.stat(path)
             h.update(f"{os.path.relpath(path, self.root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())

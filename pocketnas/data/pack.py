@@ -111,6 +111,35 @@ def pairs_from_folder(folder: str, out_bin: str, n_pairs: int = 600, folds: int 
             "path": out_bin}
 
 
+def pairs_from_pack(pack: str, out_bin: str, n_pairs: int = 600, folds: int = 10, seed: int = 0,
+                    size: Optional[int] = 112, quality: int = 95) -> Dict[str, object]:
+    """Random genuine/impostor pairs of a labelled RecordIO pack's images (as :func:`pairs_from_folder` draws them)
+    written as an insightface ``.bin``. The stored JPEG bytes are copied; an image is re-encoded only where ``size``
+    asks for another size than it has (``None``: keep every image as stored)."""
+    from .decode import decode_image, image_dimensions
+    from .record_dataset import RecordDataset
+    from .recordio import unpack_payload
+
+    ds = RecordDataset(pack, train=False)
+    try:
+        pairs, issame, disjoint = make_pairs(ds.labels().tolist(), n_pairs, folds, seed)
+        needed = sorted({i for p in pairs for i in p})
+        encoded: Dict[int, bytes] = {}
+        for i in tqdm(needed, desc="reading pairs", unit="img"):
+            key = int(ds.keys[i])
+            where = ds._where(key)
+            _, _, data = unpack_payload(ds.reader.read(key), where)
+            dims = image_dimensions(data) or decode_image(data, where).shape[:0:-1]  # (width, height)
+            if size is not None and tuple(dims) != (size, size):
+                data = encode_jpeg(decode_image(data, where, size), quality)
+            encoded[i] = data
+    finally:
+        ds.reader.close()
+    write_bin(out_bin, [encoded[i] for p in pairs for i in p], issame)
+    return {"pairs": len(pairs), "genuine": sum(issame), "folds": folds, "person_disjoint_folds": disjoint,
+            "path": out_bin}
+
+
 def subset_pack(src: str, out_dir: str, identities: int, seed: Optional[int] = None) -> Dict[str, str]:
     """The first ``identities`` identities of a labelled pack (or ``identities`` drawn with ``seed``) as a new
     insightface pack, labels renumbered 0..identities-1; the JPEG bytes are copied, never re-encoded. For

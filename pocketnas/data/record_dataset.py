@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from .decode import check_pixels, decode_image, image_dimensions, looks_like_image
 from ..errors import MissingFileError
+from ..image_size import Size, recorded
 from .errors import DataFormatError
 from .recordio import RecordIOReader, read_property, unpack_payload
 from .transforms import check_norm, normalize
@@ -45,7 +46,7 @@ class RecordDataset(Dataset):
     """
 
     def __init__(self, path: str, train: bool = True, norm: str = "arcface", num_classes: Optional[int] = None,
-                 skip_bad: bool = False, size: Optional[int] = None, labelled: bool = True):
+                 skip_bad: bool = False, size: Optional[Size] = None, labelled: bool = True):
         self.rec_path, idx_path, self.property_path = resolve_pack(path)
         self.reader = RecordIOReader(self.rec_path, idx_path)
         self.train = train
@@ -168,7 +169,7 @@ class RecordDataset(Dataset):
         import hashlib
 
         h = hashlib.sha256()
-        h.update(f"recordio:{self.reader.size}:{self.size}:".encode())
+        h.update(f"recordio:{self.reader.size}:{self.size if self.size is None else recorded(self.size)}:".encode())
         h.update(np.ascontiguousarray(self.keys, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(self.reader.offsets, dtype=np.int64).tobytes())
         for i in np.unique(np.linspace(0, len(self.keys) - 1, num=min(64, len(self.keys))).astype(np.int64)):

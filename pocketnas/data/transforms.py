@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..image_size import Size, as_hw
 
 # name -> (mean, std) applied to RGB uint8 values: x_float = (x - mean) / std
 NORMALISATIONS: Dict[str, Tuple[float, float]] = {
@@ -65,12 +66,14 @@ def pil_to_chw_uint8(image) -> np.ndarray:
 _RGB_CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
 
 
-def fit_size(images: torch.Tensor, size: int) -> torch.Tensor:
-    """N x 3 x H x W (uint8 or float) -> float N x 3 x size x size: unchanged values when the size already
-    fits, else bilinear with antialiasing (one rule for every consumer of a view: student and teacher)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
+def fit_size(images: torch.Tensor, size: Size) -> torch.Tensor:
+    """N x 3 x H x W (uint8 or float) -> float N x 3 x h x w for ``size`` a side or (h, w): unchanged values when
+    the size already fits, else bilinear with antialiasing (one rule for every consumer of a view: student and
+    teacher)."""
+    hw = as_hw(size)
+    if tuple(images.shape[-2:]) == hw:
         return images if images.is_floating_point() else images.to(torch.float32)
     import torch.nn.functional as F
 
-    return F.interpolate(images.to(torch.float32), size=(size, size), mode="bilinear", antialias=True,
+    return F.interpolate(images.to(torch.float32), size=hw, mode="bilinear", antialias=True,
                          align_corners=False)

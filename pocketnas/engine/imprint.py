@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.transforms import fit_size
+from ..image_size import input_hw
 from ..models.embedders import embed_images, model_embedder
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def class_centres(backbone: nn.Module, faces, num_classes: int, input_norm: Opti
     keeps a zero row (its logit is 0 until training moves it)."""
     from tqdm import tqdm
 
-    size = int(getattr(backbone, "input_size", 112))
+    size = input_hw(backbone)
     embedder = model_embedder(copy.deepcopy(backbone), input_norm=input_norm, device=device)
     sums: Optional[np.ndarray] = None
     counts = np.zeros(num_classes, np.int64)

@@ -30,6 +30,7 @@ import torch
 
 from ..atomic import atomic_write_json
 from ..errors import InputError
+from ..image_size import HW, Size, as_hw, input_hw, recorded
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,22 @@ def view_file(v: int) -> str:
     return f"view_{v:03d}.f16"
 
 
-def bank_key(teacher_fingerprint: str, input_norm: str, input_size: int, dim: int, data_fingerprint: str,
-             view_size: int, augment: Any, view_seed: int) -> Dict[str, Any]:
+def default_view_hw(teacher: HW) -> HW:
+    """Views cut for a bank built on its own: at least 112 px for a square teacher (a 112-px student's views), at
+    the teacher's own size for a non-square one (a periocular teacher)."""
+    if teacher[0] == teacher[1]:
+        side = max(112, teacher[0])
+        return side, side
+    return teacher
+
+
+def bank_key(teacher_fingerprint: str, input_norm: str, input_size: Size, dim: int, data_fingerprint: str,
+             view_size: Size, augment: Any, view_seed: int) -> Dict[str, Any]:
     """Everything that defines a bank entry; two banks with equal keys hold the same numbers (up to the float16
     rounding of one deterministic teacher)."""
-    return {"teacher": teacher_fingerprint, "teacher_input_norm": input_norm, "teacher_input_size": int(input_size),
-            "teacher_dim": int(dim), "data": data_fingerprint, "view_size": int(view_size),
-            "view_recipe": repr(augment), "view_seed": int(view_seed)}
+    return {"teacher": teacher_fingerprint, "teacher_input_norm": input_norm,
+            "teacher_input_size": recorded(input_size), "teacher_dim": int(dim), "data": data_fingerprint,
+            "view_size": recorded(view_size), "view_recipe": repr(augment), "view_seed": int(view_seed)}
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
@@ -170,7 +180,7 @@ class _BlockWorker:
     fork safely."""
 
     def __init__(self, data: str, teacher: str, teacher_arch: Optional[str], input_norm: Optional[str],
-                 view_size: int, view_seed: int, threads: int, labelled: bool, skip_bad: bool):
+                 view_size: Size, view_seed: int, threads: int, labelled: bool, skip_bad: bool):
         from ..data.views import FaceViewAugment
         from ..data.face_sets import open_face_dataset
         from .teachers import FixedTeacher, build_fixed_teacher
@@ -213,7 +223,7 @@ def _run_block(job: Tuple[int, int, int]) -> Tuple[int, int, int, np.ndarray]:
 
 def build_teacher_bank(out: str, data: str, teacher: str, views: int = 8, view_seed: int = 0,
                        teacher_arch: Optional[str] = None, teacher_input_norm: Optional[str] = None,
-                       view_size: int = 0, workers: int = 2, threads: int = 2, block: int = 512,
+                       view_size: Size = 0, workers: int = 2, threads: int = 2, block: int = 512,
                        overwrite: bool = False, labelled: bool = True, skip_bad: bool = False,
                        progress: bool = True) -> Dict[str, Any]:
     """Build (or finish) the bank in ``out``: ``views`` views of every image of ``data`` embedded by ``teacher``.
@@ -233,7 +243,7 @@ def build_teacher_bank(out: str, data: str, teacher: str, views: int = 8, view_s
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(f"{out}: exists and is not a folder")
     embedder = build_fixed_teacher(teacher, teacher_arch, teacher_input_norm, "cpu", threads)
-    size = int(view_size or max(112, embedder.input_size))
+    size = as_hw(view_size) if view_size else default_view_hw(input_hw(embedder))
     faces = open_face_dataset(data, size, labelled=labelled, skip_bad=skip_bad)
     n, dim = len(faces), int(embedder.embedding_size)
     key = bank_key(teacher_fingerprint(embedder), embedder.input_norm, embedder.input_size, dim,

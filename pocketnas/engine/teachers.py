@@ -15,6 +15,7 @@ import torch
 from ..atomic import atomic_write_json
 from ..data.transforms import fit_size
 from ..errors import InputError, MissingFileError
+from ..image_size import as_hw, hw_text, input_hw, recorded
 from ..models.embedders import Embedder, TorchEmbedder, load_embedder
 
 logger = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def cache_key(embedder: Embedder, faces, transform: Dict[str, Any]) -> Dict[str,
     embedding size), the data (its fingerprint: pack layout and sampled bytes, or folder listing) and the image
     transform (``transform``: e.g. the decoded size and the flip rule)."""
     return {"teacher": teacher_fingerprint(embedder), "teacher_input_norm": embedder.input_norm,
-            "teacher_input_size": int(embedder.input_size), "teacher_dim": int(embedder.embedding_size),
+            "teacher_input_size": recorded(input_hw(embedder)), "teacher_dim": int(embedder.embedding_size),
             "data": faces.fingerprint(), "transform": transform}
 
 
@@ -224,10 +225,10 @@ class MultiStepTeacher:
         from ..models.checkpoint import read_checkpoint
 
         heads = {p: read_checkpoint(p) for p in self.paths}  # each read whole: a truncated one is found now
-        shapes = {p: (int(h["embedding_size"]), int(h["input_size"])) for p, h in heads.items()}
+        shapes = {p: (int(h["embedding_size"]), as_hw(h["input_size"])) for p, h in heads.items()}
         if len(set(shapes.values())) > 1:
             raise InputError("the teacher run's checkpoints disagree on the embedding or input size: "
-                             + ", ".join(f"{p}: {d}-d, {s} px" for p, (d, s) in shapes.items()))
+                             + ", ".join(f"{p}: {d}-d, {hw_text(s)} px" for p, (d, s) in shapes.items()))
         self.dim, self.input_size = shapes[self.paths[0]]
         self.current: Optional[FixedTeacher] = None
         self.epoch = -1
@@ -253,12 +254,12 @@ def build_fixed_teacher(spec: str, arch: Optional[str] = None, input_norm: Optio
     image (N x D), of the size it declares; a teacher that answers otherwise (a classifier's logits map, a wrong
     ONNX output) is refused here, naming the file and the shape, not at the first step."""
     embedder = load_embedder(spec, arch=arch, input_norm=input_norm, device=device, threads=threads)
-    side = int(embedder.input_size)
-    probe = np.random.default_rng(0).integers(0, 256, (2, 3, side, side), dtype=np.uint8)
+    h, w = input_hw(embedder)
+    probe = np.random.default_rng(0).integers(0, 256, (2, 3, h, w), dtype=np.uint8)
     try:
         out = np.asarray(embedder(probe))
     except Exception as e:  # an ONNX graph that rejects its own declared input, and the like
-        raise InputError(f"teacher {spec}: fails on two {side} x {side} face-sized images "
+        raise InputError(f"teacher {spec}: fails on two {w} x {h} images of its declared input size "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
     declared = embedder.embedding_size
     if out.ndim != 2 or out.shape[0] != 2 or (declared is not None and out.shape[1] != int(declared)):

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError, config_from_dict
 from ..data.transforms import fit_size, normalize
+from ..image_size import HW, as_hw, hw_text, input_hw, px_text, recorded
 from ..losses.distill import DISTILL_LOSSES
 from ..losses.heads import MarginHead
 from ..losses.margins import build_margin
@@ -47,6 +48,25 @@ from .train_config import TrainConfig, recipe_of
 BinVerifier = Callable[..., Dict[str, Dict[str, Any]]]
 
 logger = logging.getLogger(__name__)
+
+
+def view_hw(setting: int, student: HW, teacher: Optional[HW]) -> HW:
+    """The (height, width) training views are cut at: ``view_size`` when set (a side, for square inputs), else the
+    student's input, or the larger square where a square teacher takes another side (each then resizes the view
+    to its own input). A teacher and a student of different aspects cannot share a view: refused."""
+    if setting:
+        if student[0] != student[1]:
+            raise ConfigError(f"view_size: {setting} is a square side, but the network takes {hw_text(student)} "
+                              f"inputs; leave view_size at 0 (views are cut at the network's own size)")
+        return setting, setting
+    if teacher is None or teacher == student:
+        return student
+    if student[0] == student[1] and teacher[0] == teacher[1]:
+        side = max(student[0], teacher[0])
+        return side, side
+    raise ConfigError(f"the teacher takes {hw_text(teacher)} inputs and the student {hw_text(student)}: "
+                      f"distillation shows both the same view, so their aspects must match (train the teacher "
+                      f"on the same crops, e.g. `pocketnas data crop --region periocular`)")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str, arch: str) -> None:
@@ -200,12 +220,12 @@ class Trainer(Run):
                 raise ConfigError(f"grad_checkpointing: {type(self.backbone).__name__} cannot checkpoint its blocks")
             self.backbone.set_grad_checkpointing(True)
             logger.info("activation checkpointing: each block recomputed in the backward pass")
-        self.input_size = int(getattr(self.backbone, "input_size", 112))
+        self.input_size = input_hw(self.backbone)  # (height, width)
         self.student_norm = self.backbone.pocketnas_cfg.input_norm
         self.kd_losses, multistep = cfg.kd_plan()
         self._check_val_bins()
         teacher_size = self._open_teacher(multistep)
-        self.view_size = cfg.view_size or max(self.input_size, teacher_size)
+        self.view_size = view_hw(cfg.view_size, self.input_size, teacher_size)
         self._build_data()
         self._build_losses()
         self._place_teacher()
@@ -225,22 +245,22 @@ class Trainer(Run):
                 raise MissingFileError(f"val_bins: {path}: no such .bin file")
             read_bin_raw(path)
 
-    def _open_teacher(self, multistep: bool) -> int:
-        """Open the teacher (if any); returns its input size (0 without one)."""
+    def _open_teacher(self, multistep: bool) -> Optional[HW]:
+        """Open the teacher (if any); returns its input (height, width) (None without one)."""
         cfg, env = self.cfg, self.env
         self.teacher = None
         self.live_teacher = None
         self.teacher_tap = None
         if not self.kd_losses:
-            return 0
+            return None
         if multistep:
             self.teacher = MultiStepTeacher(cfg.teacher, cfg.epochs, str(env.device))
             logger.info("multi-step teacher run %s: all %d epoch checkpoints present", cfg.teacher, cfg.epochs)
-            return self.teacher.input_size
+            return as_hw(self.teacher.input_size)
         embedder = build_fixed_teacher(cfg.teacher, cfg.teacher_arch, cfg.teacher_input_norm, str(env.device),
                                        threads=cfg.threads or None)
         self.teacher = FixedTeacher(embedder)
-        return int(embedder.input_size)
+        return input_hw(embedder)
 
     def _build_data(self) -> None:
         from ..data.views import FaceViewAugment
@@ -258,14 +278,14 @@ class Trainer(Run):
         self.sampler = EpochBatchSampler(len(self.faces), cfg.batch_size, cfg.seed, env.rank, env.world_size,
                                          cfg.max_batches_per_epoch)
         self.steps_per_epoch = self.sampler.batches
-        logger.info("model %s (%s params), %s%d images, %d steps per epoch on %d process(es); views %d px%s%s",
+        logger.info("model %s (%s params), %s%d images, %d steps per epoch on %d process(es); views %s px%s%s",
                     cfg.arch, f"{sum(p.numel() for p in self.backbone.parameters()):,}",
                     f"{self.faces.num_classes} identities, " if self.labelled else "no labels used, ",
-                    len(self.faces), self.steps_per_epoch, env.world_size, self.view_size,
+                    len(self.faces), self.steps_per_epoch, env.world_size, px_text(self.view_size),
                     (f", augmented ({'a bank of %d per image' % cfg.view_bank if cfg.view_bank else 'fresh each time'})"
                      if cfg.augment else ""), f", mixup alpha {cfg.mixup_alpha:g}" if cfg.mixup_alpha else "")
         if self.view_size != self.input_size:
-            logger.info("the student sees the views resized to %d px", self.input_size)
+            logger.info("the student sees the views resized to %s px", px_text(self.input_size))
 
     def _build_losses(self) -> None:
         """The margin head (when labels are used) and every distillation loss, built by name from the registry."""
@@ -335,7 +355,7 @@ class Trainer(Run):
         t_model = teacher.model
         self.teacher_tap = FeatureTap(t_model, [t for _, t in pairs])
         chans = list(zip(feature_channels(self.backbone, self.hint_names, self.input_size),
-                         feature_channels(t_model, [t for _, t in pairs], int(teacher.input_size))))
+                         feature_channels(t_model, [t for _, t in pairs], input_hw(teacher))))
         logger.info("feature KD: %s", ", ".join(f"{s} ({cs} ch) -> {t} ({ct} ch)"
                                                  for (s, t), (cs, ct) in zip(pairs, chans)))
         return cls(chans, weight)
@@ -353,7 +373,7 @@ class Trainer(Run):
             self.teacher = self._open_bank(embedder)
             where = f"read from the teacher bank {cfg.teacher_bank} ({views} views per image)"
         elif cfg.teacher_cache and views and not cfg.mixup_alpha and not needs_maps:
-            transform = {"view_size": self.view_size, "views": views, "flip": cfg.flip,
+            transform = {"view_size": recorded(self.view_size), "views": views, "flip": cfg.flip,
                          "augment": repr(self.samples.augment) if self.samples.augment else None,
                          "seed": self.samples.view_seed if self.samples.augment else None}  # draws augmented views
             key = cache_key(embedder, self.faces, transform)
@@ -373,8 +393,8 @@ class Trainer(Run):
             where = f"run on every view in the {cfg.workers} DataLoader worker(s), ahead of the student"
         else:
             where = "run on every view in the training process"
-        logger.info("teacher %s (input normalisation %s, %d px, %s-d): %s", embedder.name, embedder.input_norm,
-                    embedder.input_size, embedder.embedding_size, where)
+        logger.info("teacher %s (input normalisation %s, %s px, %s-d): %s", embedder.name, embedder.input_norm,
+                    px_text(input_hw(embedder)), embedder.embedding_size, where)
 
     def _open_bank(self, embedder) -> TeacherBank:
         """The run's teacher bank, checked against this run's teacher, data and views; built first (the run's first

@@ -19,27 +19,28 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..models.complexity import FlopCount, count_flops, count_parameters, fp32_size_bytes, model_input_size
+from ..image_size import Size, as_hw, recorded
 
 __all__ = ["CostReport", "FlopCount", "cost_report", "count_flops", "count_parameters", "format_cost_table",
            "fp32_size_bytes", "measure_latency", "model_input_size", "onnx_timings"]
 
 
-def measure_latency(model: nn.Module, batch: int = 1, input_size: Optional[int] = None, threads: int = 2,
+def measure_latency(model: nn.Module, batch: int = 1, input_size: Optional[Size] = None, threads: int = 2,
                     warmup: int = 5, repeats: int = 20) -> float:
     """Median wall time (seconds) of a forward pass on the CPU after ``warmup`` untimed passes."""
-    size = input_size or model_input_size(model)
+    size = as_hw(input_size) if input_size else model_input_size(model)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     was_training = model.training
     model.eval()
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(batch, 3, *size)
     try:
         with torch.inference_mode():
             for _ in range(warmup):
@@ -72,8 +73,8 @@ def onnx_timings(model: nn.Module, threads: int = 2, repeats: int = 20, batch: i
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, os.path.join(tmp, "model.onnx"))
         session = cpu_session(path, threads)
-        x1 = np.random.randn(1, 3, size, size).astype(np.float32)
-        xb = np.random.randn(batch, 3, size, size).astype(np.float32)
+        x1 = np.random.randn(1, 3, *size).astype(np.float32)
+        xb = np.random.randn(batch, 3, *size).astype(np.float32)
         lat = median_seconds(lambda: session.run(None, {"data": x1}), 5, repeats)
         thr = median_seconds(lambda: session.run(None, {"data": xb}), 1, max(3, repeats // 5))
     return {"onnx_latency_ms": 1000 * lat, "onnx_throughput_ips": batch / thr}
@@ -96,7 +97,7 @@ class CostReport:
     params: int
     mflops: Optional[float]
     size_mb: float
-    input_size: int
+    input_size: Union[int, List[int]]  # a side, or [height, width]
     latency_ms: Optional[float] = None
     throughput_ips: Optional[float] = None
     threads: Optional[int] = None
@@ -114,7 +115,7 @@ def cost_report(model: nn.Module, name: str = "", latency: bool = True, threads:
     size = model_input_size(model)
     report = CostReport(name=name or getattr(model, "pocketnas_arch", type(model).__name__),
                         params=count_parameters(model), mflops=count_flops(model, size).mflops,
-                        size_mb=fp32_size_bytes(model) / 2 ** 20, input_size=size)
+                        size_mb=fp32_size_bytes(model) / 2 ** 20, input_size=recorded(size))
     if latency or throughput or onnx:
         report.threads = threads
     if latency:

@@ -21,6 +21,7 @@ from ..atomic import atomic_write
 from ..errors import InputError, MissingFileError
 from ..jsonfile import read_json_object, require
 from ..genotype import PUBLISHED, Genotype, get_genotype
+from ..image_size import recorded
 from ..metrics.verification import COLLAPSE_WARNING
 from ..metrics.ranking import kendall_p, kendall_tau
 from ..nas.baselines import CANDIDATES, face_batch
@@ -128,7 +129,7 @@ def _entry_scores(entry: Entry, folder: str, cfg, data: str, proxies: Sequence[s
     kwargs = dict(cfg.model_kwargs or {})
     setting = {"proxies": list(proxies), "batch": batch, "seed": seed, "data": os.path.abspath(data),
                "channels": int(kwargs.get("channels", 16)), "layers": int(kwargs.get("layers", 18)),
-               "input_size": int(kwargs.get("input_size", 112)),
+               "input_size": recorded(kwargs.get("input_size", 112)),
                "embedding_size": int(cfg.embedding_size or kwargs.get("embedding_size", 128)),
                "act": str(kwargs.get("act", "prelu"))}
     if os.path.isfile(path):

@@ -10,6 +10,7 @@ import numpy as np
 from ..data.transforms import fit_size
 from ..detection import align_photo, read_photo
 from ..errors import InputError
+from ..image_size import Size, as_hw, hw_text
 from ..models.embedders import Embedder, embed_images
 
 
@@ -39,24 +40,29 @@ def recorded_threshold(spec: str, pretrained: Any = None) -> Optional[Tuple[floa
 MIN_ALIGNED_SIDE = 32
 
 
-def face_of(path: str, size: int, aligned: bool = False) -> Tuple[np.ndarray, int]:
-    """(3 x size x size uint8 aligned face, faces found) of a photo; ``aligned`` photos are only resized, after a
+def face_of(path: str, size: Size, aligned: bool = False) -> Tuple[np.ndarray, int]:
+    """(3 x H x W uint8 aligned face, faces found) of a photo; ``aligned`` photos are only resized, after a
     check that they can be a face crop at all (at least :data:`MIN_ALIGNED_SIDE` pixels a side, not one flat
-    colour): a blank or 1 x 1 image would otherwise be embedded and judged like a face."""
+    colour): a blank or 1 x 1 image would otherwise be embedded and judged like a face. A network of non-square
+    input (a periocular band) takes only ``aligned`` crops: the detector aligns whole faces."""
+    hw = as_hw(size)
+    if not aligned and hw[0] != hw[1]:
+        raise InputError(f"{path}: this network takes {hw_text(hw)} crops (not a whole face), so the photo cannot be "
+                         f"aligned for it here; pass crops made with `pocketnas data crop` and --aligned")
     image = read_photo(path)
     if aligned:
         h, w = image.shape[:2]
         if min(h, w) < MIN_ALIGNED_SIDE:
             raise InputError(f"{path}: {w} x {h} pixels is too small for an aligned face crop (at least "
-                             f"{MIN_ALIGNED_SIDE} a side; pocketnas align makes {size} x {size})")
+                             f"{MIN_ALIGNED_SIDE} a side; pocketnas align makes {hw[1]} x {hw[0]})")
         if float(image.std()) < 2.0:
             raise InputError(f"{path}: one flat colour (pixel standard deviation {float(image.std()):.2f}): not a "
                              f"face crop")
         import torch
 
         chw = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
-        return fit_size(chw, size)[0].round().clamp(0, 255).to(torch.uint8).numpy(), 1
-    face, faces = align_photo(image, size)
+        return fit_size(chw, hw)[0].round().clamp(0, 255).to(torch.uint8).numpy(), 1
+    face, faces = align_photo(image, hw[0])
     if face is None:
         raise InputError(f"{path}: no face found (MTCNN, smallest face 20 px); pass an aligned crop with --aligned")
     return face, len(faces)

@@ -11,6 +11,7 @@ import numpy as np
 from .validation import verify_bins  # noqa: F401  (part of this module's interface)
 from ..errors import InputError
 from ..jsonfile import read_json_object, require
+from ..image_size import shape_hw
 from ..models.embedders import Embedder, OnnxEmbedder, TorchEmbedder, embed_images
 from ..metrics.biometric import roc_curve, tar_at_far
 from ..metrics.verification import evaluate_pairs, pair_distances
@@ -46,9 +47,9 @@ def onnx_file_cost(path: str, threads: int = 2, latency: bool = True) -> Dict[st
     if latency:
         session = cpu_session(path, threads)
         inp = session.get_inputs()[0]
-        size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 112
-        x1 = np.random.rand(1, 3, size, size).astype(np.float32)
-        xb = np.random.rand(32, 3, size, size).astype(np.float32)
+        size = shape_hw(inp.shape)
+        x1 = np.random.rand(1, 3, *size).astype(np.float32)
+        xb = np.random.rand(32, 3, *size).astype(np.float32)
         out["onnx_latency_ms"] = 1000 * median_seconds(lambda: session.run(None, {inp.name: x1}), 3, 15)
         if not isinstance(inp.shape[0], int):
             out["onnx_throughput_ips"] = 32 / median_seconds(lambda: session.run(None, {inp.name: xb}), 1, 3)

@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..atomic import atomic_writer
 from ..errors import PocketnasError
 from ..genotype import Genotype
+from ..image_size import is_size, recorded
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def describe(model: nn.Module) -> Dict[str, Any]:
         "kwargs": dict(getattr(model, "pocketnas_kwargs", {})),
         "genotype": genotype.to_dict() if isinstance(genotype, Genotype) else None,
         "embedding_size": int(getattr(model, "embedding_size", cfg.embedding_size if cfg else 0)),
-        "input_size": int(getattr(model, "input_size", cfg.input_size if cfg else 112)),
+        "input_size": recorded(getattr(model, "input_size", cfg.input_size if cfg else 112)),  # int or [h, w]
         "input_norm": getattr(model, "input_norm", cfg.input_norm if cfg else "arcface"),
     }
 
@@ -264,8 +265,13 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
 
 # the header's fields and their types: a wrong type is a damaged or forged file, refused with its name
 _HEADER_TYPES = {"arch": str, "kwargs": dict, "weights_sha256": str, "format_version": int, "meta": dict,
-                 "embedding_size": int, "input_size": int, "input_norm": str, "genotype": (dict, type(None))}
+                 "embedding_size": int, "input_size": (int, list), "input_norm": str,
+                 "genotype": (dict, type(None))}
 INPUT_NORMS = ("arcface", "raw255")
+
+
+def _type_name(tp: Any) -> str:
+    return " or ".join(t.__name__ for t in tp if t is not type(None)) if isinstance(tp, tuple) else tp.__name__
 
 
 def check_header(obj: Dict[str, Any], path: str) -> None:
@@ -274,10 +280,12 @@ def check_header(obj: Dict[str, Any], path: str) -> None:
     for key, tp in _HEADER_TYPES.items():
         if key in obj and (not isinstance(obj[key], tp) or isinstance(obj[key], bool)):
             raise CheckpointError(f"{path}: header field {key!r} is a {type(obj[key]).__name__}, not "
-                                  f"{getattr(tp, '__name__', 'a dict')}: the file is damaged or not pocketnas's")
-    for key in ("embedding_size", "input_size"):
-        if key in obj and obj[key] < 1:
-            raise CheckpointError(f"{path}: header field {key!r} is {obj[key]}; must be positive")
+                                  f"{_type_name(tp)}: the file is damaged or not pocketnas's")
+    if "embedding_size" in obj and obj["embedding_size"] < 1:
+        raise CheckpointError(f"{path}: header field 'embedding_size' is {obj['embedding_size']}; must be positive")
+    if "input_size" in obj and not is_size(obj["input_size"]):
+        raise CheckpointError(f"{path}: header field 'input_size' is {obj['input_size']!r}; must be a positive side "
+                              f"or [height, width]")
     if "input_norm" in obj and obj["input_norm"] not in INPUT_NORMS:
         raise CheckpointError(f"{path}: input_norm {obj['input_norm']!r} is none of {', '.join(INPUT_NORMS)}")
     verification = obj.get("meta", {}).get("verification")

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..image_size import HW, Size, as_hw, input_hw
+
 aten = torch.ops.aten
 
 
@@ -74,24 +76,25 @@ class FlopCount:
         return self.total / 1e6
 
 
-def model_input_size(model: nn.Module) -> int:
-    return int(getattr(model, "input_size", 112))
+def model_input_size(model: nn.Module) -> HW:
+    """The (height, width) ``model`` takes."""
+    return input_hw(model)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_size: Optional[int] = None, batch: int = 1) -> FlopCount:
-    """FLOPs of one forward pass at ``batch x 3 x S x S`` in eval mode (see the module docstring for the rules)."""
-    size = input_size or model_input_size(model)
+def count_flops(model: nn.Module, input_size: Optional[Size] = None, batch: int = 1) -> FlopCount:
+    """FLOPs of one forward pass at ``batch x 3 x H x W`` in eval mode (see the module docstring for the rules)."""
+    size = as_hw(input_size) if input_size else model_input_size(model)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_extra_rules()) as counter:
-            model(torch.zeros(batch, 3, size, size, device=device))
+            model(torch.zeros(batch, 3, *size, device=device))
     finally:
         model.train(was_training)
     by_op = {str(k).replace("aten.", ""): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}

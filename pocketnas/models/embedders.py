@@ -12,6 +12,7 @@ import torch
 
 from ..data.transforms import check_norm, normalize
 from ..errors import InputError, MissingFileError
+from ..image_size import Size, input_hw, recorded, shape_hw
 from ..metrics.verification import check_finite
 
 logger = logging.getLogger(__name__)
@@ -20,12 +21,13 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 class Embedder:
-    """Call with an N x 3 x S x S uint8 RGB batch; get N x D float32 embeddings (not normalised)."""
+    """Call with an N x 3 x H x W uint8 RGB batch; get N x D float32 embeddings (not normalised). ``input_size``
+    is a side (faces: 112) or [height, width] (periocular bands); read it with ``image_size.input_hw``."""
 
     name: str = "embedder"
     engine: str = "?"  # what computes the embeddings: torch, onnxruntime
     input_norm: str = "arcface"
-    input_size: int = 112
+    input_size: Size = 112
     embedding_size: Optional[int] = None
 
     def __call__(self, images: ArrayLike) -> np.ndarray:  # pragma: no cover - interface
@@ -49,7 +51,7 @@ class TorchEmbedder(Embedder):
         cfg = getattr(model, "pocketnas_cfg", None)
         self.input_norm = check_norm(input_norm or getattr(model, "input_norm", None)
                                      or (cfg.input_norm if cfg else "arcface"))
-        self.input_size = int(getattr(model, "input_size", 112))
+        self.input_size = recorded(input_hw(model))
         self.embedding_size = getattr(model, "embedding_size", None)
 
     @torch.inference_mode()
@@ -196,7 +198,7 @@ class OnnxEmbedder(Embedder):
         shape = inp.shape
         if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
             raise InputError(f"{path}: its input is {list(shape)}; a face embedder takes N x 3 x H x W images")
-        self.input_size = shape[-1] if isinstance(shape[-1], int) else 112
+        self.input_size = recorded(shape_hw(shape))
         out = self.session.get_outputs()[0].shape
         if out and len(out) != 2:  # an undeclared shape (None, or no rank) is probed by those that need to know
             raise InputError(f"{path}: its output is {list(out)}; a face embedder gives N x D embeddings")

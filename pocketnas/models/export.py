@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..outputs import staged_file
+from ..image_size import input_hw
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def model_metadata(model: nn.Module, input_norm: Optional[str] = None) -> Dict[s
 
     cfg = getattr(model, "pocketnas_cfg", None)
     norm = input_norm or getattr(model, "input_norm", None) or (cfg.input_norm if cfg else "arcface")
-    size = int(getattr(model, "input_size", 112))
+    h, w = input_hw(model)
     return {
         "input_norm": norm,
         "input_norm_formula": "(x/255 - 0.5)/0.5 on RGB" if norm == "arcface" else "RGB 0..255 as is",
-        "input_layout": f"N x 3 x {size} x {size}, RGB, float32",
+        "input_layout": f"N x 3 x {h} x {w}, RGB, float32",
         "output": f"N x {getattr(model, 'embedding_size', '?')} embedding, not normalised",
         "arch": str(getattr(model, "pocketnas_arch", type(model).__name__)),
         "pocketnas_version": __version__,
@@ -121,9 +122,8 @@ def export_onnx(model: nn.Module, path: str, opset: int = DEFAULT_OPSET, input_n
     was_training = model.training
     model.eval()
     graph_model = runtime_friendly(model, prelu)
-    size = int(getattr(model, "input_size", 112))
     param = next(model.parameters())
-    dummy = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+    dummy = torch.zeros(1, 3, *input_hw(model), device=param.device, dtype=param.dtype)
     try:
         with staged_file(path) as tmp, warnings.catch_warnings():  # the one atomic writer (pocketnas.outputs)
             warnings.simplefilter("ignore")  # tracer warnings about the input-size check

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UnknownNameError
+from ..image_size import Size, as_hw
 
 
 class FeatureTap:
@@ -43,11 +44,11 @@ class FeatureTap:
 
 
 @torch.no_grad()
-def feature_channels(model: nn.Module, names: Sequence[str], input_size: int = 112) -> List[int]:
+def feature_channels(model: nn.Module, names: Sequence[str], input_size: Size = 112) -> List[int]:
     """Channel counts of the named maps (one forward pass on the meta device, nothing computed)."""
     import copy
 
     probe = copy.deepcopy(model).to("meta").eval()
     tap = FeatureTap(probe, names)
-    probe(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    probe(torch.zeros(1, 3, *as_hw(input_size), device="meta"))
     return [m.shape[1] for m in tap.collect()]

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..image_size import Size, as_hw, recorded
 from ..layers.checkpointing import GradCheckpointing
 from .registry import ModelCfg, register_model
 from .se import SqueezeExcite
@@ -44,12 +45,14 @@ class IBasicBlock(nn.Module):
 
 class IResNet(GradCheckpointing, nn.Module):
     def __init__(self, layers: Sequence[int], embedding_size: int = 512, dropout: float = 0.0,
-                 input_size: int = 112, se: bool = False):
+                 input_size: Size = 112, se: bool = False):
         super().__init__()
-        if input_size % 16:
-            raise InputError(f"iResNet input size must be a multiple of 16, got {input_size}")
+        hw = as_hw(input_size)
+        if hw[0] % 16 or hw[1] % 16:
+            raise InputError(f"iResNet input sides must be multiples of 16 (e.g. 112, or [48, 96]), got {input_size}")
         self.embedding_size = embedding_size
-        self.input_size = input_size
+        self.input_size = recorded(hw)
+        self.input_hw = hw
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
         self.prelu = nn.PReLU(64)
@@ -63,8 +66,7 @@ class IResNet(GradCheckpointing, nn.Module):
             inplanes = planes
         self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
         self.dropout = nn.Dropout(p=dropout)
-        final = input_size // 16
-        self.fc = nn.Linear(512 * final * final, embedding_size)
+        self.fc = nn.Linear(512 * (hw[0] // 16) * (hw[1] // 16), embedding_size)
         self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False  # as insightface: the embedding BN scale is fixed
@@ -76,9 +78,9 @@ class IResNet(GradCheckpointing, nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise InputError(f"iResNet expects N x 3 x {self.input_size} x {self.input_size} input, "
-                             f"got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.input_hw:
+            h, w = self.input_hw
+            raise InputError(f"iResNet expects N x 3 x {h} x {w} input, got {tuple(x.shape)}")
         x = self.prelu(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x) if not self.grad_checkpointing else self._checkpointed_stage(stage, x)

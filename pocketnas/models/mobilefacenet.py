@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..image_size import Size, as_hw, recorded
 from ..layers.checkpointing import GradCheckpointing
 from .registry import ModelCfg, register_model
 
@@ -58,7 +59,7 @@ class Residual(nn.Module):
 class GDC(nn.Module):
     """Global depthwise convolution over the final map, then a linear embedding with BatchNorm."""
 
-    def __init__(self, embedding_size: int, final_size: int):
+    def __init__(self, embedding_size: int, final_size: Size):
         super().__init__()
         self.layers = nn.Sequential(
             ConvBlock(512, 512, final_size, groups=512, act=False),
@@ -73,12 +74,15 @@ class GDC(nn.Module):
 
 class MobileFaceNet(GradCheckpointing, nn.Module):
     def __init__(self, embedding_size: int = 128, blocks: Sequence[int] = (1, 4, 6, 2), scale: int = 1,
-                 input_size: int = 112):
+                 input_size: Size = 112):
         super().__init__()
-        if input_size % 16:
-            raise InputError(f"MobileFaceNet input size must be a multiple of 16, got {input_size}")
+        hw = as_hw(input_size)
+        if hw[0] % 16 or hw[1] % 16:
+            raise InputError(f"MobileFaceNet input sides must be multiples of 16 (e.g. 112, or [48, 96]), got "
+                             f"{input_size}")
         self.embedding_size = embedding_size
-        self.input_size = input_size
+        self.input_size = recorded(hw)
+        self.input_hw = hw
         c64, c128 = 64 * scale, 128 * scale
         self.layers = nn.ModuleList([ConvBlock(3, c64, 3, 2, 1)])
         if blocks[0] == 1:
@@ -94,7 +98,7 @@ class MobileFaceNet(GradCheckpointing, nn.Module):
             Residual(c128, blocks[3], 256),
         ])
         self.conv_sep = ConvBlock(c128, 512)
-        self.features = GDC(embedding_size, input_size // 16)
+        self.features = GDC(embedding_size, (hw[0] // 16, hw[1] // 16))  # global depthwise over the final map
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -103,9 +107,9 @@ class MobileFaceNet(GradCheckpointing, nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise InputError(f"MobileFaceNet expects N x 3 x {self.input_size} x {self.input_size} input, "
-                             f"got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.input_hw:
+            h, w = self.input_hw
+            raise InputError(f"MobileFaceNet expects N x 3 x {h} x {w} input, got {tuple(x.shape)}")
         for layer in self.layers:
             x = self.run_block(layer, x)
         return self.features(self.conv_sep(x))

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..genotype import Genotype, get_genotype
+from ..image_size import Size, as_hw, recorded
 from ..layers import activation
 from ..layers.checkpointing import GradCheckpointing
 from .pretrained import SHIPPED
@@ -32,9 +33,10 @@ def pocketnet_stem(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, channels, 3, 2, 1, bias=False), nn.BatchNorm2d(channels))
 
 
-def pocketnet_tail(c_in: int, width: int, final_size: int, embedding_size: int, act: str) -> nn.Sequential:
+def pocketnet_tail(c_in: int, width: int, final_size: Size, embedding_size: int, act: str) -> nn.Sequential:
     """PocketNet's tail after the cells (MobileFaceNet's, Chen et al. 2018), for the final network and the
-    supernet alike: act, 1x1 conv to ``width``, BN, act, a global depthwise conv over the ``final_size`` map, BN,
+    supernet alike: act, 1x1 conv to ``width``, BN, act, a global depthwise conv over the ``final_size`` map (a side
+    or (height, width)), BN,
     1x1 conv to the embedding, BN."""
     return nn.Sequential(
         activation(act, c_in),
@@ -54,6 +56,7 @@ def reduction_layers(layers: int):
 
 
 def final_map_size(input_size: int, reductions: int) -> int:
+    """One side of the last cell's output: the stem halves ``input_size`` (rounding up), each reduction again."""
     size = math.ceil(input_size / 2)  # the stem's stride
     for _ in range(reductions):
         size = math.ceil(size / 2)
@@ -62,7 +65,7 @@ def final_map_size(input_size: int, reductions: int) -> int:
 
 class PocketNet(GradCheckpointing, nn.Module):
     def __init__(self, genotype: Union[str, Dict[str, Any], Genotype] = "pocketnet_casia", channels: int = 16,
-                 layers: int = 18, embedding_size: int = 128, stem_multiplier: int = 4, input_size: int = 112,
+                 layers: int = 18, embedding_size: int = 128, stem_multiplier: int = 4, input_size: Size = 112,
                  tail_width: Optional[int] = None, act: str = "prelu", se: bool = False):
         super().__init__()
         self.genotype = get_genotype(genotype).validate()
@@ -70,15 +73,19 @@ class PocketNet(GradCheckpointing, nn.Module):
             raise InputError(f"a PocketNet needs at least 3 cells (3 reductions), got layers={layers}")
         if channels < 1 or embedding_size < 1:
             raise InputError(f"channels and embedding_size must be positive, got {channels}, {embedding_size}")
-        if input_size < 16 or input_size % 8:
-            raise InputError(f"a PocketNet's input size must be a multiple of 8 from 16 on (e.g. 56, 112), got "
-                             f"{input_size}")
+        hw = as_hw(input_size)
+        if min(hw) < 16 or hw[0] % 8 or hw[1] % 8:
+            raise InputError(f"a PocketNet's input sides must be multiples of 8 from 16 on (e.g. 112, or [48, 96] "
+                             f"for a periocular band), got {input_size}")
         self.embedding_size = embedding_size
-        self.input_size = input_size
+        self.input_size = recorded(hw)
+        self.input_hw = hw
         self.se = se
         self.tail_width = tail_width or (512 if embedding_size <= 256 else 2 * embedding_size)
         reductions = reduction_layers(layers)
-        self.final_size = final_map_size(input_size, len(reductions))
+        # the global depthwise tail's kernel covers the whole final map, whatever the input's aspect
+        final_hw = tuple(final_map_size(side, len(reductions)) for side in hw)
+        self.final_size = final_hw[0] if final_hw[0] == final_hw[1] else final_hw
 
         c_stem = stem_multiplier * channels
         self.stem = pocketnet_stem(c_stem)
@@ -107,9 +114,10 @@ class PocketNet(GradCheckpointing, nn.Module):
         return {**kwargs, "genotype": self.genotype.to_dict()} if "genotype" in kwargs else dict(kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.input_size, self.input_size):
-            raise InputError(f"{type(self).__name__} expects N x 3 x {self.input_size} x {self.input_size} input, "
-                             f"got {tuple(x.shape)}; build it with input_size={x.shape[-1]} for other crops")
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.input_hw:
+            h, w = self.input_hw
+            raise InputError(f"{type(self).__name__} expects N x 3 x {h} x {w} input, got {tuple(x.shape)}; build it "
+                             f"with input_size=[height, width] for other crops")
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, self.run_block(cell, s0, s1)

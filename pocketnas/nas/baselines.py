@@ -12,6 +12,7 @@ import torch
 
 from ..atomic import atomic_write, atomic_write_json
 from ..genotype import get_genotype
+from ..image_size import Size, as_hw
 from .random_search import Budget, sample_genotypes
 from .space import SearchSpace
 from .zero_cost import PROXIES, rank_genotypes, top_k
@@ -19,13 +20,14 @@ from .zero_cost import PROXIES, rank_genotypes, top_k
 CANDIDATES = "candidates.json"
 
 
-def face_batch(data: str, count: int = 64, size: int = 56, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``count`` faces of ``data`` drawn with ``seed`` (normalised, size x size) and their labels: what the
-    zero-cost proxies score a network on."""
+def face_batch(data: str, count: int = 64, size: Size = 56, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``count`` faces of ``data`` drawn with ``seed`` (normalised, at ``size``: a side or (height, width)) and
+    their labels: what the zero-cost proxies score a network on."""
     from ..data.transforms import fit_size, normalize
     from ..data.face_sets import open_face_dataset
 
-    faces = open_face_dataset(data, 112)
+    hw = as_hw(size)
+    faces = open_face_dataset(data, 112 if hw[0] == hw[1] else hw)  # a periocular pack is read at its own shape
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(faces), size=min(count, len(faces)), replace=False))
     pairs = [faces.sample_uint8(int(i)) for i in idx]
