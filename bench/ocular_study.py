@@ -25,7 +25,6 @@ a study across sessions; every row runs a `pocketnas` command a user could type 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -70,24 +69,28 @@ def pocketnas(*args: str, log: str = "") -> List[str]:
 
 # ----------------------------------------------------------------------------- 1. data
 def prepare_data(args: argparse.Namespace, tier: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
-    """(the training crops, {set name: its periocular pairs .bin})."""
+    """(the training crops, {set name: its periocular pairs .bin}), made in this process as `pocketnas data crop
+    SRC OUT --region periocular --size WxH` and `pocketnas data pairs SRC OUT --pairs N` make them."""
+    from pocketnas.data.crop import crop_any, make_crop, source_kind
+    from pocketnas.data.pack import pairs_from_folder, pairs_from_pack
+
     data = os.path.join(args.out, "data")
-    log = os.path.join(data, "log.txt")
     train = os.path.join(data, "train")
+    width, height = (int(v) for v in tier["size"].split("x"))
+    crop = make_crop("periocular", size=(width, height))
     if not os.path.isfile(os.path.join(train, "crop.json")):
-        pocketnas("data", "crop", args.faces, train, "--region", "periocular", "--size", tier["size"],
-                  "--overwrite", log=log)
+        crop_any(args.faces, train, crop)
     sets = {}
     for spec in args.pairs:
         name, src = spec.split("=", 1)
         out = os.path.join(data, f"{name}_periocular.bin")
         if not os.path.isfile(out):
-            if not src.endswith(".bin"):  # a labelled pack or folder: pairs first, as LFW's 10 folds
+            if source_kind(src) != "bin":  # a labelled pack or folder: pairs first, as LFW's 10 folds
                 pairs = os.path.join(data, f"{name}_pairs.bin")
-                pocketnas("data", "pairs", src, pairs, "--pairs", str(tier["pairs"]), "--overwrite", log=log)
+                make = pairs_from_pack if source_kind(src) == "pack" else pairs_from_folder
+                make(src, pairs, tier["pairs"])
                 src = pairs
-            pocketnas("data", "crop", src, out, "--region", "periocular", "--size", tier["size"], "--overwrite",
-                      log=log)
+            crop_any(src, out, crop)
         sets[name] = out
     return train, sets
 
@@ -165,7 +168,7 @@ def evaluate(row: Dict[str, Any], sets: Dict[str, str]) -> Dict[str, Any]:
     import pocketnas as pn
     from pocketnas.data.binfile import read_bin
     from pocketnas.image_size import input_hw
-    from pocketnas.metrics.biometric import roc_curve, tar_at_far
+    from pocketnas.metrics.biometric import summarize_scores
     from pocketnas.metrics.verification import evaluate_pairs
     from pocketnas.models.embedders import TorchEmbedder, embed_images
 
@@ -186,8 +189,7 @@ def evaluate(row: Dict[str, Any], sets: Dict[str, str]) -> Dict[str, Any]:
         r = evaluate_pairs(emb, issame)
         unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         scores = np.sum(unit[0::2] * unit[1::2], axis=1)
-        fpr, tpr, _ = roc_curve(scores, np.asarray(issame, bool))
-        tars = tar_at_far(fpr, tpr, FARS)
+        tars = summarize_scores(scores, np.asarray(issame, bool), FARS)["tar_at_far"]
         result["sets"][name] = {"accuracy": r["accuracy_mean"], "accuracy_std": r["accuracy_std"], "eer": r["eer"],
                                 "auc": r["auc"], "pairs": len(issame),
                                 **{f"tar_at_far_{k}": v for k, v in tars.items()}}
@@ -225,11 +227,17 @@ def sparse_copy(dense: str, out: str) -> str:
 
 
 def export_row(row: Dict[str, Any]) -> Dict[str, str]:
+    """The row's ONNX file (as `pocketnas export` writes it, checked against PyTorch on periocular crops of the
+    bundled faces) and its sparse-initializer copy."""
+    import pocketnas as pn
+    from pocketnas.compress.deploy import export_checked, face_crops
+    from pocketnas.image_size import input_hw
+
     folder = os.path.dirname(row["model"])
     dense = os.path.join(folder, "model.onnx")
     if not os.path.isfile(dense):
-        pocketnas("export", "--model", row["model"], "--out", dense, "--overwrite",
-                  log=os.path.join(folder, "export.log"))
+        model = pn.load(row["model"])
+        export_checked(model, dense, face_crops(None, 32, input_hw(model)))
     sparse = os.path.join(folder, "model.sparse.onnx")
     if not os.path.isfile(sparse):
         sparse_copy(dense, sparse)
@@ -260,12 +268,6 @@ def measure_latency(files: Dict[str, str], rounds: int = 5, runs: int = 30) -> D
                 s.run(None, {name: x})
                 times[key].append(time.perf_counter() - t0)
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
-
-
-def file_sizes(path: str) -> Dict[str, float]:
-    with open(path, "rb") as f:
-        raw = f.read()
-    return {"mb": len(raw) / 2 ** 20, "gzip_mb": len(gzip.compress(raw, 6)) / 2 ** 20}
 
 
 # ----------------------------------------------------------------------------- 6. tables and plots
@@ -300,8 +302,8 @@ def tables(rows: List[Dict[str, Any]], sets: List[str]) -> str:
               "| row | ONNX MB | gzip MB | sparse-initializer ONNX MB | ms dense | ms sparse file |",
               "|---|---|---|---|---|---|"]
     for kind, rs in kinds.items():
-        c = rs[0]["cost"]
-        lines.append(f"| {kind} | {c['dense']['mb']:.2f} | {c['dense']['gzip_mb']:.2f} | {c['sparse']['mb']:.2f} | "
+        dense, sparse = rs[0]["cost"]["dense"], rs[0]["cost"]["sparse"]
+        lines.append(f"| {kind} | {dense['size_mb']:.2f} | {dense['gzip_mb']:.2f} | {sparse['size_mb']:.2f} | "
                      f"{statistics.mean(r['cost']['ms_dense'] for r in rs):.2f} | "
                      f"{statistics.mean(r['cost']['ms_sparse'] for r in rs):.2f} |")
     lines += ["", "Commands (one per row; `bench/ocular_study.py` runs them):", ""]
@@ -373,6 +375,8 @@ def main() -> None:
         rows.append(r)
     files = {f"{r['row']}:{k}": v for r in rows for k, v in r["files"].items()}
     ms = measure_latency(files, *tier["latency"])
+    from pocketnas.compress.deploy import file_sizes
+
     for r in rows:
         r["cost"] = {"dense": file_sizes(r["files"]["dense"]), "sparse": file_sizes(r["files"]["sparse"]),
                      "ms_dense": ms[f"{r['row']}:dense"], "ms_sparse": ms[f"{r['row']}:sparse"]}
