@@ -53,18 +53,13 @@ TIERS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def pocketnas(*args: str, log: str = "") -> List[str]:
-    """Run one pocketnas command (through this interpreter), its output appended to ``log``; returns it as typed."""
-    cmd = [sys.executable, "-m", "pocketnas.cli", *args]
-    if log:
-        os.makedirs(os.path.dirname(log), exist_ok=True)
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(f"\n$ pocketnas {' '.join(args)}\n")
-            f.flush()
-            subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
-    else:
-        subprocess.run(cmd, check=True)
-    return ["pocketnas", *args]
+def pocketnas(*args: str, log: str) -> None:
+    """Run one pocketnas command (through this interpreter), its output appended to ``log``."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ pocketnas {' '.join(args)}\n")
+        f.flush()
+        subprocess.run([sys.executable, "-m", "pocketnas.cli", *args], check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 # ----------------------------------------------------------------------------- 1. data
@@ -102,7 +97,7 @@ def train_base(args: argparse.Namespace, tier: Dict[str, Any], train: str) -> Di
     cmd = ["train", "--config", "ocular_base_cpu", "--data", train, "--out", out, *tier["base"]]
     if not os.path.isfile(os.path.join(out, "model.pt")) or _unfinished(out):
         resume = ["--resume"] if os.path.isfile(os.path.join(out, "checkpoint.pt")) else []
-        pocketnas(*cmd, *resume, log=os.path.join(out + ".log"))
+        pocketnas(*cmd, *resume, log=out + ".log")
     return {"row": "base", "kind": "base", "seed": 0, "model": os.path.join(out, "model.pt"),
             "what": f"{arch}, unpruned: the reference and the teacher",
             "command": "pocketnas " + " ".join(cmd)}
