@@ -7,7 +7,9 @@ ResNet-50.) Here on the periocular band of real faces, cut from aligned face pac
         --pairs celeba295=../shared/data/celeba295 --out runs/ocular --seeds 0 1 --markdown docs/results/ocular.md
 
 Every stage is skipped when its result exists and resumed when it was interrupted, so the same command continues
-a study across sessions; every row runs a `pocketnas` command a user could type (printed in the table):
+a study across sessions, and the table holds every row the folder has (a second seed may be run for chosen rows
+only: `--seeds 1 --methods layer_weight,global_weight`); every row runs a `pocketnas` command a user could type
+(printed in the table):
 
 1. data: the periocular band of every training face and of every test set's pairs (a labelled pack gives its
    pairs first, `pocketnas data pairs`);
@@ -39,7 +41,11 @@ FARS = (1e-3, 1e-2)
 # what changes between a study and a check that the driver runs end to end (tests/test_ocular_study.py)
 TIERS: Dict[str, Dict[str, Any]] = {
     "full": {"size": "64x32", "pairs": 6000, "budget": 300, "rate": 8, "base": [], "student_epochs": 3,
-             "student": [], "finetune": ["--set", "precision=bf16"], "latency": (5, 30)},
+             "student": [],
+             # the students' batch (64 images a step, so that 300 steps are the same images for every row) and the
+             # base's last learning rate (0.01 at batch 64, not prune's default reference batch of 512)
+             "finetune": ["--set", "batch_size=64", "--set", "lr_reference_batch=64", "--set", "precision=bf16"],
+             "latency": (5, 30)},
     # the machinery only, in about a minute: small networks, no compilation, a few steps and timings
     "pilot": {"size": "64x32", "pairs": 200, "budget": 2, "rate": 8,
               "base": ["--set", "arch=mobilefacenet", "--set", "epochs=1", "--set", "max_batches_per_epoch=3",
@@ -145,6 +151,28 @@ def student_row(args, tier, train: str, base: str, distil: bool, seed: int) -> D
             + (", distilled from the base" if distil else ", ArcFace only"))
     return {"row": name, "kind": "student:kd" if distil else "student:plain", "seed": seed,
             "model": os.path.join(out, "model.pt"), "what": what, "command": "pocketnas " + " ".join(cmd)}
+
+
+def earlier_rows(args, tier, train: str, base: str, wanted_seeds) -> List[Any]:
+    """Rows an earlier invocation trained in the same folder (e.g. a second seed run with ``--methods`` for the rows
+    within a fold's deviation of each other), so that the table holds every row the study has: nothing is retrained
+    (each row's model exists)."""
+    found = []
+    folder = os.path.join(args.out, "rows")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not os.path.isfile(os.path.join(folder, name, "model.pt")) or _unfinished(os.path.join(folder, name)):
+            continue
+        stem, _, seed = name.rpartition("_s")
+        if not seed.isdigit():
+            continue
+        kind, _, what = stem.partition("_")
+        methods, seeds = set(args.methods.split(",")), wanted_seeds
+        if kind == "prune" and what in PRUNERS and not (what in methods and int(seed) in seeds and "prune" in
+                                                        args.rows):
+            found.append(lambda m=what, s=int(seed): prune_row(args, tier, train, base, m, s))
+        elif kind == "student" and what in ("kd", "plain") and not (int(seed) in seeds and "student" in args.rows):
+            found.append(lambda d=what == "kd", s=int(seed): student_row(args, tier, train, base, d, s))
+    return found
 
 
 # ----------------------------------------------------------------------------- 4. evaluation
@@ -274,7 +302,7 @@ def _fmt(values: List[float], scale: float = 100.0, digits: int = 2) -> str:
 
 def tables(rows: List[Dict[str, Any]], sets: List[str]) -> str:
     kinds: Dict[str, List[Dict[str, Any]]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["seed"]):
         kinds.setdefault(r["kind"], []).append(r)
     lines = ["### Verification (last checkpoint, no flip; mean over seeds, each seed in brackets)", ""]
     head = "| row | what | seeds | non-zero params |"
@@ -362,6 +390,7 @@ def main() -> None:
                      for m in args.methods.split(",")]
         if "student" in wanted:
             plan += [lambda d=d, s=seed: student_row(args, tier, train, base["model"], d, s) for d in (True, False)]
+    plan += earlier_rows(args, tier, train, base["model"], wanted_seeds=set(args.seeds))
     rows = []
     for make in plan:  # each row trained, evaluated and exported before the next starts: results accumulate
         r = make()
