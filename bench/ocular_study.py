@@ -159,6 +159,7 @@ def earlier_rows(args, tier, train: str, base: str, wanted_seeds) -> List[Any]:
     (each row's model exists)."""
     found = []
     folder = os.path.join(args.out, "rows")
+    methods = set(args.methods.split(","))
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if not os.path.isfile(os.path.join(folder, name, "model.pt")) or _unfinished(os.path.join(folder, name)):
             continue
@@ -166,11 +167,10 @@ def earlier_rows(args, tier, train: str, base: str, wanted_seeds) -> List[Any]:
         if not seed.isdigit():
             continue
         kind, _, what = stem.partition("_")
-        methods, seeds = set(args.methods.split(",")), wanted_seeds
-        if kind == "prune" and what in PRUNERS and not (what in methods and int(seed) in seeds and "prune" in
-                                                        args.rows):
+        planned = int(seed) in wanted_seeds and kind in args.rows  # already in this invocation's plan
+        if kind == "prune" and what in PRUNERS and not (planned and what in methods):
             found.append(lambda m=what, s=int(seed): prune_row(args, tier, train, base, m, s))
-        elif kind == "student" and what in ("kd", "plain") and not (int(seed) in seeds and "student" in args.rows):
+        elif kind == "student" and what in ("kd", "plain") and not planned:
             found.append(lambda d=what == "kd", s=int(seed): student_row(args, tier, train, base, d, s))
     return found
 
