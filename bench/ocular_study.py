@@ -340,21 +340,39 @@ def plots(rows: List[Dict[str, Any]], set_name: str, out_png: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     markers = {"base": "s", "prune": "o", "student": "^"}
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(kinds)}
+    first_seed = {k: min(r["seed"] for r in rows if r["kind"] == k) for k in kinds}
+    same_size: Dict[float, List[str]] = {}
     for r in rows:
+        group = same_size.setdefault(round(r["eval"]["nonzero_params"], -5), [])
+        if r["kind"] not in group:
+            group.append(r["kind"])
+    for r in rows:
+        kind = r["kind"]
         acc = 100 * r["eval"]["sets"][set_name]["accuracy"]
-        m = markers[r["kind"].split(":")[0]]
-        label = f"{r['kind']} s{r['seed']}"
-        axes[0].scatter(r["eval"]["nonzero_params"] / 1e6, acc, marker=m, label=label)
-        axes[1].scatter(r["cost"]["ms_dense"], acc, marker=m, label=label)
+        # one colour per row, filled for its first seed and hollow for the others; the rows that share a parameter
+        # count are spread sideways (a few per cent of the log axis) so that each stays visible
+        style = dict(marker=markers[kind.split(":")[0]], s=42, edgecolors=colours[kind], linewidths=1.4,
+                     facecolors=colours[kind] if r["seed"] == first_seed[kind] else "none",
+                     label=kind if r["seed"] == first_seed[kind] else None)
+        group = same_size[round(r["eval"]["nonzero_params"], -5)]
+        spread = 1.0 + 0.02 * (group.index(kind) - (len(group) - 1) / 2)
+        axes[0].scatter(spread * r["eval"]["nonzero_params"] / 1e6, acc, **style)
+        axes[1].scatter(r["cost"]["ms_dense"], acc, **style)
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("non-zero parameters (M, log)")
+    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0].xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v in (2, 3, 4, 5, 20, 30) else ""))
+    axes[0].set_xlabel("non-zero parameters (M, log; rows of one size spread sideways)")
     axes[1].set_xlabel("ONNX Runtime batch-1 latency, 1 thread (ms)")
     for ax in axes:
         ax.set_ylabel(f"{set_name} periocular accuracy % (no flip)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=7, title="filled: first seed, hollow: the others", title_fontsize=7)
     fig.suptitle("Periocular verification: pruning at rate 8 against a distilled compact network")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
