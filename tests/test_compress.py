@@ -15,14 +15,16 @@ from pocketnas.data import orl_root
 
 @pytest.fixture(scope="module")
 def trained_tiny(tmp_path_factory):
-    """A small network trained for a few seconds on the bundled faces (so accuracy means something)."""
+    """A small network trained for a few seconds on the bundled faces (so accuracy means something), at 56 px: the
+    commands below resize every face to the model's input, as they do for any size."""
     from pocketnas.config import config_from_dict
     from pocketnas.engine.train_config import TrainConfig
     from pocketnas.engine.trainer import train
 
     run = tmp_path_factory.mktemp("tiny")
     train(config_from_dict(TrainConfig, {
-        "arch": "pocketnet", "model_kwargs": {"channels": 8, "layers": 3, "embedding_size": 64}, "data": orl_root(),
+        "arch": "pocketnet", "model_kwargs": {"channels": 8, "layers": 3, "embedding_size": 64, "input_size": 56},
+        "data": orl_root(),
         "batch_size": 32, "workers": 0, "epochs": 4, "lr": 0.1, "lr_reference_batch": 32, "milestones": [4],
         "margin_s": 32.0, "margin_m": 0.3, "threads": 2}), str(run))
     return str(run / "model.pt")
@@ -52,7 +54,7 @@ def test_masks_hold_through_finetuning(tmp_path, trained_tiny):
 @pytest.mark.slow
 def test_export_parity_on_real_faces(tmp_path, trained_tiny):
     model = pocketnas.load(trained_tiny)
-    crops = face_crops(None, 64)
+    crops = face_crops(None, 64, model.input_size)
     parity = export_checked(model, str(tmp_path / "m.onnx"), crops)
     assert parity["min_cosine"] > 0.9999 and parity["images"] == 64
     import onnx
@@ -64,7 +66,7 @@ def test_export_parity_on_real_faces(tmp_path, trained_tiny):
     class Broken(torch.nn.Module):  # exports something else than it computes: must fail loudly
         def __init__(self, m):
             super().__init__()
-            self.m, self.input_size, self.pocketnas_cfg = m, 112, m.pocketnas_cfg
+            self.m, self.input_size, self.pocketnas_cfg = m, m.input_size, m.pocketnas_cfg
 
         def forward(self, x):
             y = self.m(x)
@@ -129,7 +131,7 @@ def test_export_writes_no_prelu_kernel_and_keeps_parity(tmp_path, trained_tiny):
     kinds = [type(m) for m in runtime_friendly(model).modules() if isinstance(m, forms)]
     assert set(kinds) == {PReLUAsDepthwise} and len(kinds) == len(prelus)
     assert sum(isinstance(m, torch.nn.PReLU) for m in model.modules()) == len(prelus)  # the model is untouched
-    parity = export_checked(model, str(tmp_path / "fast.onnx"), face_crops(None, 32))
+    parity = export_checked(model, str(tmp_path / "fast.onnx"), face_crops(None, 32, model.input_size))
     assert parity["min_cosine"] > 0.9999
     fast = [n.op_type for n in onnx.load(str(tmp_path / "fast.onnx")).graph.node]
     export_onnx(model, str(tmp_path / "plain.onnx"), prelu="onnx")
