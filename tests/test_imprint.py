@@ -30,6 +30,11 @@ def _embed(model, images, flip):
     return F.normalize(emb, dim=1)
 
 
+def _qi_centres(emb, labels, num_classes):
+    """Eq. 2 of Qi et al. 2018 written out: each class's normalised sum of its unit embeddings."""
+    return F.normalize(torch.stack([emb[torch.from_numpy(labels == c)].sum(0) for c in range(num_classes)]), dim=1)
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_centres_are_the_normalised_mean_of_normalised_embeddings(orl, flip):
     faces, images, labels = orl
@@ -39,8 +44,7 @@ def test_centres_are_the_normalised_mean_of_normalised_embeddings(orl, flip):
     centres = class_centres(model, faces, faces.num_classes, flip=flip, batch_size=48, progress=False)
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
     emb = _embed(model, images, flip)
-    expected = F.normalize(torch.stack([emb[torch.from_numpy(labels == c)].sum(0)
-                                        for c in range(faces.num_classes)]), dim=1)
+    expected = _qi_centres(emb, labels, faces.num_classes)
     assert centres.shape == (40, 64)
     assert torch.allclose(centres, expected, atol=1e-4)
     assert torch.allclose(centres.norm(dim=1), torch.ones(40), atol=1e-5)
@@ -78,9 +82,8 @@ def test_imprinted_head_of_the_shipped_network_classifies_its_faces(tmp_path):
     trainer = Trainer(config_from_dict(TrainConfig, cfg), str(tmp_path / "run"))
     try:
         head = trainer.head
-        emb = _embed(model, images, flip=True)  # eq. 2 of Qi et al. from the network's own flip-test embeddings
-        expected = F.normalize(torch.stack([emb[torch.from_numpy(labels == c)].sum(0) for c in range(12)]), dim=1)
-        assert torch.allclose(head.fc.weight.detach(), expected, atol=1e-4)
+        emb = _embed(model, images, flip=True)
+        assert torch.allclose(head.fc.weight.detach(), _qi_centres(emb, labels, 12), atol=1e-4)
         accuracy = float(((emb @ head.fc.weight.detach().T).argmax(1).numpy() == labels).mean())
         assert accuracy >= 0.95
         y = torch.from_numpy(labels)
