@@ -293,6 +293,23 @@ def test_init_backbone_starts_from_a_checkpoint_of_the_same_network(tmp_path):
         Trainer(tiny(init_backbone=str(tmp_path / "mfn.pt")), str(tmp_path / "run3"))
 
 
+def test_the_schedule_is_logged_epoch_by_epoch_as_the_steps_will_run():
+    """Milestones count epochs from 1; the log line spells out which epochs run at which rate, checked against the
+    rate lr_factor gives each epoch's last step (a run of PocketNetS-128 planned 900 steps at 0.01 and gave
+    milestones=[3], which switches after the second epoch)."""
+    from pocketnas.engine.trainer import lr_factor, lr_schedule_text
+
+    cfg = TrainConfig(epochs=4, milestones=[3], warmup_epochs=0.0)
+    assert lr_schedule_text(cfg, 0.01, 300) == "epochs 1-2 at 0.01, epochs 3-4 at 0.001"
+    assert [0.01 * lr_factor(cfg, 300 * e + 299, 300) for e in range(4)] == pytest.approx([0.01] * 2 + [0.001] * 2)
+    cfg = TrainConfig(epochs=3, milestones=[2, 3], warmup_epochs=0.1)
+    assert (lr_schedule_text(cfg, 0.1, 300)
+            == "epoch 1 at 0.1, epoch 2 at 0.01, epoch 3 at 0.001, after a 30-step warm-up")
+    # the warm-up climbs to the rate and never past it (0.1 x 300 steps is 30.000000000000004 in floats)
+    assert max(lr_factor(cfg, step, 300) for step in range(300)) == 1.0 and lr_factor(cfg, 28, 300) < 1.0
+    assert lr_schedule_text(TrainConfig(epochs=2, milestones=[], warmup_epochs=0.0), 0.1, 10) == "epochs 1-2 at 0.1"
+
+
 def test_resume_with_new_milestones_follows_the_new_schedule_from_its_first_step(tmp_path):
     """A run stopped in epoch 2 of a schedule that decays at epoch 3, resumed with the decay moved to epoch 2: the
     first resumed step already runs at lr x 0.1 (the optimizer state's saved rate was the old schedule's 0.1)."""
