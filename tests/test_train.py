@@ -305,8 +305,9 @@ def test_the_schedule_is_logged_epoch_by_epoch_as_the_steps_will_run():
     cfg = TrainConfig(epochs=3, milestones=[2, 3], warmup_epochs=0.1)
     assert (lr_schedule_text(cfg, 0.1, 300)
             == "epoch 1 at 0.1, epoch 2 at 0.01, epoch 3 at 0.001, after a 30-step warm-up")
-    # the warm-up climbs to the rate and never past it (0.1 x 300 steps is 30.000000000000004 in floats)
-    assert max(lr_factor(cfg, step, 300) for step in range(300)) == 1.0 and lr_factor(cfg, 28, 300) < 1.0
+    # the warm-up climbs to the rate and never past it (1.1 x 100 steps is 110.00000000000001 in floats)
+    cfg = TrainConfig(epochs=3, milestones=[], warmup_epochs=1.1)
+    assert max(lr_factor(cfg, step, 100) for step in range(300)) == 1.0 and lr_factor(cfg, 108, 100) < 1.0
     assert lr_schedule_text(TrainConfig(epochs=2, milestones=[], warmup_epochs=0.0), 0.1, 10) == "epochs 1-2 at 0.1"
 
 

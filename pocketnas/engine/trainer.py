@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -141,14 +142,34 @@ class StudentModule(nn.Module):
 LOG_NAMES = {"embedding": "kd"}  # the loss's key in logs and history (PocketNet's name for its KD term)
 
 
+def epoch_factor(cfg: TrainConfig, epoch: int) -> float:
+    """The step schedule's factor for 0-based ``epoch``: x gamma at each milestone epoch, counting from 1."""
+    return cfg.gamma ** sum(1 for m in cfg.milestones if m - 1 <= epoch)
+
+
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """PocketNet's per-epoch step schedule (x gamma at each milestone epoch, counting from 1), optional warm-up."""
-    epoch = step // steps_per_epoch
-    factor = cfg.gamma ** sum(1 for m in cfg.milestones if m - 1 <= epoch)
+    factor = epoch_factor(cfg, step // steps_per_epoch)
     warm = cfg.warmup_epochs * steps_per_epoch
     if warm and step < warm:
-        factor *= (step + 1) / warm
+        factor *= min(1.0, (step + 1) / warm)  # 1.1 x 100 is 110.00000000000001 in floats: no step above 1
     return factor
+
+
+def lr_schedule_text(cfg: TrainConfig, base_lr: float, steps_per_epoch: int) -> str:
+    """Each epoch's learning rate in words ("epochs 1-2 at 0.01, epochs 3-4 at 0.001"), logged before the first step so
+    a milestone off by one (they count epochs from 1) shows before the run spends its time."""
+    runs: List[List] = []  # [first epoch, last epoch, lr], epochs counted from 1
+    for epoch in range(cfg.epochs):
+        lr = base_lr * epoch_factor(cfg, epoch)
+        if runs and math.isclose(runs[-1][2], lr):
+            runs[-1][1] = epoch + 1
+        else:
+            runs.append([epoch + 1, epoch + 1, lr])
+    parts = [(f"epoch {a}" if a == b else f"epochs {a}-{b}") + f" at {lr:.3g}" for a, b, lr in runs]
+    text = ", ".join(parts)
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    return f"{text}, after a {warm}-step warm-up" if warm else text
 
 
 # what defines a training run (its data order, network, targets): equal on --resume; epochs, milestones, lr, threads
@@ -444,8 +465,9 @@ class Trainer(Run):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(cfg, step, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler("cuda", enabled=needs_loss_scaling(cfg.precision))
-        logger.info("lr %.5f (%.3f x global batch %d / %d), %d epochs, precision %s%s", self.base_lr, cfg.lr,
-                    global_batch, cfg.lr_reference_batch, cfg.epochs, cfg.precision,
+        logger.info("lr %.5f (%.3f x global batch %d / %d), %d epochs (%s), precision %s%s", self.base_lr, cfg.lr,
+                    global_batch, cfg.lr_reference_batch, cfg.epochs,
+                    lr_schedule_text(cfg, self.base_lr, self.steps_per_epoch), cfg.precision,
                     " (autocast of the backbone; float32 weights, optimiser state, margin and losses)"
                     if cfg.precision != "fp32" else "")
 
